@@ -1,0 +1,139 @@
+"""Arrival processes, generated vectorised up front (no simulation event per arrival)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from capsim.config import Arrivals
+from capsim.errors import ScenarioError
+
+
+@dataclass
+class ArrivalStream:
+    """Arrival times (seconds, sorted) with the source (camera) and per-source frame index of each."""
+
+    times: np.ndarray
+    source: np.ndarray
+    frame: np.ndarray
+    n_sources: int
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def generate(cfg: Arrivals, n: int, rng: np.random.Generator, base_dir: str | Path = ".") -> ArrivalStream:
+    """``n`` arrivals of the process ``cfg`` drawn from ``rng`` (a trace gives at most its length)."""
+    if cfg.process == "poisson":
+        return _single(np.cumsum(rng.exponential(1.0 / cfg.rate_rps, n)))
+    if cfg.process == "constant":
+        return _single(np.arange(1, n + 1, dtype=np.float64) / cfg.rate_rps)
+    if cfg.process == "bursty":
+        return _single(_mmpp(cfg, n, rng))
+    if cfg.process == "streams":
+        return _streams(cfg, n, rng)
+    if cfg.process == "trace":
+        return read_trace(Path(base_dir) / cfg.path, n)
+    raise ValueError(cfg.process)
+
+
+def _single(times: np.ndarray) -> ArrivalStream:
+    n = len(times)
+    return ArrivalStream(times, np.zeros(n, np.int32), np.arange(n, dtype=np.int64), 1)
+
+
+def _mmpp(cfg: Arrivals, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Two-state Markov-modulated Poisson process: calm at rate_rps, bursts at burst_rate_rps.
+
+    Starts in the stationary state mix; sojourns are exponential with the given means.
+    """
+    rates = (cfg.rate_rps, cfg.burst_rate_rps)
+    means = (cfg.mean_calm_s, cfg.mean_burst_s)
+    state = int(rng.random() < means[1] / (means[0] + means[1]))
+    chunks, t, total = [], 0.0, 0
+    while total < n:
+        # Draw many sojourns at once: alternate states starting from `state`.
+        k = 256
+        lengths = rng.exponential(1.0, k)
+        states = (state + np.arange(k)) % 2
+        lengths *= np.where(states == 1, means[1], means[0])
+        starts = t + np.concatenate(([0.0], np.cumsum(lengths)[:-1]))
+        counts = rng.poisson(np.where(states == 1, rates[1], rates[0]) * lengths)
+        offs = rng.random(counts.sum())
+        seg = np.repeat(np.arange(k), counts)
+        times = starts[seg] + offs * lengths[seg]
+        # Sort within each segment; segments are already in time order.
+        times = times[np.lexsort((times, seg))]
+        chunks.append(times)
+        total += len(times)
+        t = starts[-1] + lengths[-1]
+        state = (state + k) % 2
+    return np.concatenate(chunks)[:n]
+
+
+def _streams(cfg: Arrivals, n: int, rng: np.random.Generator) -> ArrivalStream:
+    """Each camera emits frames every 1/fps from a random phase, with Gaussian jitter."""
+    fps = np.concatenate([np.full(g.count, g.fps) for g in cfg.streams])
+    jitter = np.concatenate([np.full(g.count, g.jitter_ms / 1000.0) for g in cfg.streams])
+    horizon = (n + len(fps)) / fps.sum()
+    times, source, frame = [], [], []
+    for cam, (f, j) in enumerate(zip(fps, jitter)):
+        k = int(np.ceil(horizon * f)) + 2
+        idx = np.arange(k, dtype=np.int64)
+        t = (rng.random() + idx) / f
+        if j > 0:
+            t = t + rng.normal(0.0, j, k)
+        times.append(t)
+        source.append(np.full(k, cam, np.int32))
+        frame.append(idx)
+    t = np.concatenate(times)
+    order = np.argsort(t, kind="stable")[:n]
+    t = t[order]
+    t -= min(t[0], 0.0)  # jitter may push the very first frame below zero
+    return ArrivalStream(t, np.concatenate(source)[order], np.concatenate(frame)[order], len(fps))
+
+
+def read_trace(path: Path, n: int | None = None) -> ArrivalStream:
+    """Arrival times from a CSV: one time in seconds per line, or columns ``arrival_s`` [, ``source``]."""
+    try:
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except OSError as exc:
+        raise ScenarioError([f"arrivals.path: cannot read {path}: {exc.strerror}; give an existing CSV file"]) from None
+    if not rows:
+        raise ScenarioError([f"arrivals.path: {path} holds no arrival times"])
+    header = [c.strip().lower() for c in rows[0]]
+    col, src_col = 0, None
+    if "arrival_s" in header:
+        col = header.index("arrival_s")
+        src_col = header.index("source") if "source" in header else None
+        rows = rows[1:]
+    times, sources = [], []
+    for i, r in enumerate(rows, start=2 if src_col is not None or "arrival_s" in header else 1):
+        try:
+            times.append(float(r[col]))
+            sources.append(int(r[src_col]) if src_col is not None else 0)
+        except (ValueError, IndexError):
+            raise ScenarioError([f"arrivals.path: line {i} of {path} is not a time in seconds: {','.join(r)!r}"]) \
+                from None
+    t = np.asarray(times, dtype=np.float64)
+    if len(t) < 2:
+        raise ScenarioError([f"arrivals.path: {path} needs at least 2 arrival times, got {len(t)}"])
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ScenarioError([f"arrivals.path: {path} has negative or non-finite times; times are seconds >= 0"])
+    order = np.argsort(t, kind="stable")
+    src = np.asarray(sources, dtype=np.int32)[order]
+    if np.any(src < 0):
+        raise ScenarioError([f"arrivals.path: {path} has negative source ids"])
+    t = t[order]
+    if n is not None:
+        t, src = t[:n], src[:n]
+    n_src = int(src.max()) + 1
+    frame = np.zeros(len(t), np.int64)
+    for s in np.unique(src):
+        m = src == s
+        frame[m] = np.arange(m.sum())
+    return ArrivalStream(t, src, frame, n_src)

@@ -1,0 +1,526 @@
+"""The scenario model: one set of field definitions read by the YAML/TOML loader,
+the ``--set`` overrides of the CLI and (later) the UI widgets.
+
+Each field carries a :class:`Spec` (help text, unit, allowed range or choices).
+:func:`parse_scenario` turns plain data into a validated :class:`Scenario`,
+collecting every problem as one line ``field.path: problem; fix`` before raising
+:class:`~capsim.errors.ScenarioError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from capsim.errors import ScenarioError
+
+ARRIVAL_PROCESSES = ("poisson", "constant", "bursty", "streams", "trace")
+DISTRIBUTIONS = ("none", "exponential", "lognormal", "gamma")
+BATCHING_MODES = ("triton", "timer")
+ON_FULL = ("reject", "drop_oldest")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a field means and which values it accepts."""
+
+    help: str
+    unit: str = ""
+    ge: float | None = None  # inclusive lower bound
+    gt: float | None = None  # exclusive lower bound
+    le: float | None = None  # inclusive upper bound
+    lt: float | None = None  # exclusive upper bound
+    choices: tuple[str, ...] | None = None
+    ui_max: float | None = None  # a sensible slider end for the UI
+
+
+def spec(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **kw: Any) -> Any:
+    """A dataclass field with a :class:`Spec` attached."""
+    meta = {"spec": Spec(help=help, **kw)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class StreamGroup:
+    """A group of identical cameras; each camera is its own source with a random phase."""
+
+    count: int = spec(1, "cameras in this group", ge=1, ui_max=64)
+    fps: float = spec(25.0, "frames per second of each camera", unit="fps", gt=0, ui_max=120)
+    jitter_ms: float = spec(0.0, "standard deviation of each frame's arrival jitter", unit="ms", ge=0, ui_max=20)
+
+
+@dataclass
+class Arrivals:
+    """How requests arrive."""
+
+    process: str = spec("poisson", "arrival process", choices=ARRIVAL_PROCESSES)
+    rate_rps: float | None = spec(
+        None, "mean arrival rate (poisson, constant; calm-state rate for bursty)", unit="rps", gt=0, ui_max=2000
+    )
+    burst_rate_rps: float | None = spec(None, "arrival rate during a burst (bursty)", unit="rps", gt=0)
+    mean_burst_s: float | None = spec(None, "mean length of a burst (bursty)", unit="s", gt=0)
+    mean_calm_s: float | None = spec(None, "mean time between bursts (bursty)", unit="s", gt=0)
+    streams: list[StreamGroup] = spec(help="camera groups (streams)", factory=list)
+    path: str | None = spec(None, "CSV of arrival times in seconds, one per line or a column arrival_s (trace)")
+
+    def offered_rps(self) -> float | None:
+        """Long-run mean arrival rate, where the process defines one."""
+        if self.process in ("poisson", "constant"):
+            return self.rate_rps
+        if self.process == "bursty":
+            calm, burst = self.mean_calm_s, self.mean_burst_s
+            return (self.rate_rps * calm + self.burst_rate_rps * burst) / (calm + burst)
+        if self.process == "streams":
+            return sum(g.count * g.fps for g in self.streams)
+        return None
+
+
+@dataclass
+class Variability:
+    """Spread of a batch's service time around the curve value (its mean)."""
+
+    distribution: str = spec("none", "service-time distribution around the mean", choices=DISTRIBUTIONS)
+    cv: float = spec(0.0, "coefficient of variation (std / mean); exponential is always 1", ge=0, ui_max=2)
+
+
+@dataclass
+class Stage:
+    """A CPU stage (pre- or post-processing) with its own FIFO worker pool."""
+
+    ms: float = spec(0.0, "time per request", unit="ms", ge=0, ui_max=100)
+    workers: int = spec(0, "worker pool size; 0 = a pure delay with no queueing", ge=0, ui_max=32)
+
+
+@dataclass
+class Service:
+    """Model service time per batch size, and the time spent outside the model."""
+
+    batch_latency_ms: dict[int, float] = spec(
+        help="mean compute time of one batch, by batch size (interpolated monotonically between sizes)",
+        unit="ms",
+        factory=dict,
+    )
+    profile: str | None = spec(None, "calibration profile JSON (arrives with `capsim calibrate`)")
+    variability: Variability = spec(help="service-time variability", factory=Variability)
+    overhead_ms: float = spec(
+        0.0, "fixed per-request time outside the model (network, pre/post) with no contention", unit="ms", ge=0,
+        ui_max=200,
+    )
+    preprocess: Stage = spec(help="pre-processing stage before the batcher", factory=Stage)
+    postprocess: Stage = spec(help="post-processing stage after the model", factory=Stage)
+    contention: dict[int, float] = spec(
+        help="slowdown factor of a batch by the number of instances busy on the device (1 is always 1.0)",
+        factory=dict,
+    )
+
+
+@dataclass
+class Batching:
+    """The dynamic batcher (semantics in :mod:`capsim.sim.batcher`)."""
+
+    mode: str = spec("triton", "triton: form a batch when an instance is idle; timer: close batches on a timer",
+                     choices=BATCHING_MODES)
+    max_batch_size: int = spec(1, "largest batch the batcher forms", ge=1, ui_max=64)
+    max_queue_delay_ms: float = spec(0.0, "longest the oldest request waits for a batch to fill", unit="ms", ge=0,
+                                     ui_max=100)
+    preferred_batch_sizes: list[int] = spec(help="dispatch at once when one of these sizes is queued (triton)",
+                                            factory=list)
+
+
+@dataclass
+class Queue:
+    """Queue caps, timeouts and drop policies."""
+
+    max_size: int = spec(0, "queue cap in requests; 0 = unlimited", ge=0, ui_max=1000)
+    timeout_ms: float = spec(0.0, "drop a request still queued this long after it entered; 0 = never", unit="ms",
+                             ge=0, ui_max=1000)
+    on_full: str = spec("reject", "reject the arrival, or drop_oldest (evict the oldest queued; the video policy)",
+                        choices=ON_FULL)
+    per_source_max_size: int = spec(0, "cap per source (camera); 0 = unlimited", ge=0, ui_max=16)
+    stride: int = spec(1, "process every k-th frame of each source; the others are dropped", ge=1, ui_max=10)
+
+
+@dataclass
+class SLO:
+    """The service-level objective a result is judged against."""
+
+    percentile: float = spec(95.0, "latency percentile the SLO is about", gt=0, lt=100)
+    latency_ms: float = spec(100.0, "largest acceptable latency at that percentile", unit="ms", gt=0, ui_max=2000)
+    min_throughput_rps: float = spec(0.0, "smallest acceptable throughput; 0 = no throughput goal", unit="rps", ge=0)
+
+
+@dataclass
+class Run:
+    """How long and how often to simulate."""
+
+    requests: int = spec(100_000, "arrivals simulated per replication, warm-up included", ge=1)
+    warmup_requests: int = spec(2_000, "first arrivals excluded from statistics", ge=0)
+    replications: int = spec(5, "independent replications (confidence intervals); 1 uses batch means", ge=1,
+                             le=1000)
+    seed: int = spec(1, "root seed; every stream and replication gets its own spawned generator", ge=0)
+
+
+@dataclass
+class Scenario:
+    """A complete what-if question: traffic, service, batcher, queue, SLO and run length."""
+
+    name: str = spec("scenario", "scenario name")
+    description: str = spec("", "what the scenario represents")
+    arrivals: Arrivals = spec(help="arrival process", factory=Arrivals)
+    service: Service = spec(help="service times", factory=Service)
+    batching: Batching = spec(help="dynamic batching", factory=Batching)
+    instances: int = spec(1, "model instances sharing the queue (on one device)", ge=1, ui_max=16)
+    queue: Queue = spec(help="queue policy", factory=Queue)
+    slo: SLO | None = spec(None, "service-level objective (optional)")
+    run: Run = spec(help="run length and seeds", factory=Run)
+    # Directory that relative paths (trace files) are resolved against; not a user field.
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-ready) for this scenario, without internal fields."""
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------- field walking
+
+
+def _specs(cls: type) -> list[tuple[dataclasses.Field, Spec, Any]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        out.append((f, f.metadata["spec"], hints[f.name]))
+    return out
+
+
+def iter_fields(cls: type = Scenario, prefix: str = ""):
+    """Yield ``(path, Spec, type)`` for every leaf field: the one list the CLI, loader and UI share."""
+    for f, s, tp in _specs(cls):
+        path = f"{prefix}{f.name}"
+        inner = _unwrap_optional(tp)
+        if dataclasses.is_dataclass(inner):
+            yield from iter_fields(inner, path + ".")
+        else:
+            yield path, s, tp
+
+
+def field_spec(path: str) -> Spec:
+    """The :class:`Spec` of a dotted field path such as ``batching.max_batch_size``."""
+    for p, s, _ in iter_fields():
+        if p == path:
+            return s
+    raise KeyError(path)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f, _, _ in _specs(type(obj))}
+    if isinstance(obj, list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Convert plain data to ``tp``; on failure append a problem and return ``None``."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    tp = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        problems.append(f"{path}: must be set, got nothing")
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: must be a mapping of fields, got {_fmt(value)}")
+            return None
+        return _build(tp, value, path, problems)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and item_tp in (int, float):
+            value = [v for v in str(value).split(",") if v.strip()]  # "1,2,4" from --set
+        if not isinstance(value, list):
+            problems.append(f"{path}: must be a list, got {_fmt(value)}")
+            return None
+        return [_coerce(v, item_tp, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"{path}: must be a mapping like {{1: 25, 2: 27}}, got {_fmt(value)}")
+            return None
+        out = {}
+        for k, v in value.items():
+            kk = _coerce(k, key_tp, f"{path}.{k}", problems)
+            vv = _coerce(v, val_tp, f"{path}.{k}", problems)
+            if kk is not None and vv is not None:
+                out[kk] = vv
+        return dict(sorted(out.items()))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{path}: must be true or false, got {_fmt(value)}")
+        return None
+    if tp is int:
+        if isinstance(value, str):
+            try:
+                value = float(value.replace("_", ""))
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{path}: must be a whole number, got {_fmt(value)}")
+        return None
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        problems.append(f"{path}: must be a finite number, got {_fmt(value)}")
+        return None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{path}: must be text, got {_fmt(value)}")
+        return None
+    raise TypeError(f"unsupported field type {tp!r} at {path}")  # a bug in the model, not user input
+
+
+def _check_spec(value: Any, s: Spec, path: str, problems: list[str]) -> None:
+    if value is None:
+        return
+    if s.choices is not None and value not in s.choices:
+        problems.append(f"{path}: must be one of {', '.join(s.choices)}, got {_fmt(value)}")
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        unit = f" {s.unit}" if s.unit else ""
+        if s.gt is not None and not value > s.gt:
+            problems.append(f"{path}: must be > {_num(s.gt)}{unit}, got {_num(value)}")
+        if s.ge is not None and not value >= s.ge:
+            problems.append(f"{path}: must be >= {_num(s.ge)}{unit}, got {_num(value)}")
+        if s.lt is not None and not value < s.lt:
+            problems.append(f"{path}: must be < {_num(s.lt)}{unit}, got {_num(value)}")
+        if s.le is not None and not value <= s.le:
+            problems.append(f"{path}: must be <= {_num(s.le)}{unit}, got {_num(value)}")
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _build(cls: type, data: dict, path: str, problems: list[str]) -> Any:
+    specs = _specs(cls)
+    names = {f.name for f, _, _ in specs}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in names:
+            problems.append(f"{prefix}{key}: unknown field; valid fields here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f, s, tp in specs:
+        fpath = f"{prefix}{f.name}"
+        if f.name in data:
+            v = _coerce(data[f.name], tp, fpath, problems)
+            _check_spec(v, s, fpath, problems)
+            if v is None and data[f.name] is not None:
+                continue  # keep the default; the problem is already recorded
+            kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def _check_scenario(sc: Scenario, problems: list[str]) -> None:
+    a = sc.arrivals
+    needs = {
+        "poisson": {"rate_rps"},
+        "constant": {"rate_rps"},
+        "bursty": {"rate_rps", "burst_rate_rps", "mean_burst_s", "mean_calm_s"},
+        "streams": {"streams"},
+        "trace": {"path"},
+    }[a.process]
+    for name in ("rate_rps", "burst_rate_rps", "mean_burst_s", "mean_calm_s", "streams", "path"):
+        given = getattr(a, name) not in (None, [])
+        if name in needs and not given:
+            problems.append(f"arrivals.{name}: required for process {a.process}; set it")
+        elif name not in needs and given:
+            problems.append(f"arrivals.{name}: not used by process {a.process}; remove it or change arrivals.process")
+    for i, g in enumerate(a.streams):
+        if g is None:
+            problems.append(f"arrivals.streams[{i}]: must be a mapping like {{count: 6, fps: 25}}")
+
+    s = sc.service
+    curve = s.batch_latency_ms
+    if s.profile is not None:
+        problems.append("service.profile: calibration profiles are not supported yet; give service.batch_latency_ms")
+    elif not curve:
+        problems.append("service.batch_latency_ms: required; give the compute time per batch size, e.g. {1: 25, 8: 48}")
+    for b, ms in curve.items():
+        if b < 1:
+            problems.append(f"service.batch_latency_ms.{b}: batch sizes must be >= 1, got {b}")
+        if not ms > 0:
+            problems.append(f"service.batch_latency_ms.{b}: must be > 0 ms, got {_num(ms)}")
+    if curve and 1 not in curve:
+        problems.append(f"service.batch_latency_ms: must include batch size 1 (a batch of one can always form); "
+                        f"measured sizes are {', '.join(map(str, curve))}")
+    if curve and sc.batching.max_batch_size > max(curve):
+        problems.append(
+            f"batching.max_batch_size: {sc.batching.max_batch_size} is above the largest measured batch size "
+            f"{max(curve)} in service.batch_latency_ms; lower it or add that batch size's time"
+        )
+    v = s.variability
+    if v.distribution == "none" and v.cv > 0:
+        problems.append(f"service.variability.cv: {v.cv:g} has no effect with distribution none; "
+                        "set distribution to lognormal or gamma, or cv to 0")
+    if v.distribution in ("lognormal", "gamma") and v.cv == 0:
+        problems.append(f"service.variability.cv: must be > 0 with distribution {v.distribution}; "
+                        "set it or use distribution none")
+    if v.distribution == "exponential" and v.cv not in (0.0, 1.0):
+        problems.append(f"service.variability.cv: an exponential distribution has cv 1, got {v.cv:g}; "
+                        "use gamma or lognormal for another cv")
+    for k, factor in s.contention.items():
+        if k < 1:
+            problems.append(f"service.contention.{k}: instance counts must be >= 1")
+        if not factor > 0:
+            problems.append(f"service.contention.{k}: must be > 0, got {_num(factor)}")
+    if s.contention and sc.instances > max(s.contention):
+        problems.append(f"service.contention: has no factor for {sc.instances} busy instances "
+                        f"(instances: {sc.instances}); add it or lower instances")
+    if s.contention.get(1, 1.0) != 1.0:
+        problems.append("service.contention.1: one busy instance is the reference and must be 1.0")
+
+    b = sc.batching
+    for i, p in enumerate(b.preferred_batch_sizes):
+        if p is not None and not 1 <= p <= b.max_batch_size:
+            problems.append(f"batching.preferred_batch_sizes[{i}]: must be between 1 and max_batch_size "
+                            f"{b.max_batch_size}, got {p}")
+    if b.preferred_batch_sizes and b.mode != "triton":
+        problems.append("batching.preferred_batch_sizes: only used in triton mode; remove it or set mode: triton")
+
+    r = sc.run
+    if r.warmup_requests >= r.requests:
+        problems.append(f"run.warmup_requests: must be below run.requests ({r.requests}), got {r.warmup_requests}")
+    elif r.replications == 1 and r.requests - r.warmup_requests < 100:
+        problems.append("run.requests: need at least 100 requests after warm-up for batch-means intervals")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_scenario(data: Any, base_dir: str | Path = ".") -> Scenario:
+    """Validate plain data (from YAML, TOML or JSON) into a :class:`Scenario`."""
+    if not isinstance(data, dict):
+        raise ScenarioError([f"scenario: must be a mapping of sections (arrivals, service, ...), got {_fmt(data)}"])
+    problems: list[str] = []
+    sc = _build(Scenario, data, "", problems)
+    if not problems:
+        _check_scenario(sc, problems)
+    if problems:
+        raise ScenarioError(problems)
+    sc.base_dir = str(base_dir)
+    return sc
+
+
+def read_scenario_data(path: Path) -> dict:
+    """Plain data from a YAML or TOML scenario file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError([f"scenario: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        line = str(exc).replace("\n", " ")
+        raise ScenarioError([f"scenario: {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {line}"]) from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``PATH=VALUE`` overrides (VALUE parsed as YAML) to plain scenario data."""
+    for item in overrides:
+        if "=" not in item:
+            raise ScenarioError([f"--set {item}: must look like PATH=VALUE, e.g. batching.max_batch_size=4"])
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise ScenarioError([f"--set {item}: the field path is empty"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                child = {}
+                node[k] = child
+            node = child
+        last = keys[-1]
+        if isinstance(node, dict) and last.isdigit() and last not in node and int(last) in node:
+            last = int(last)  # service.batch_latency_ms.16=60 against YAML int keys
+        node[last] = value
+    return data
+
+
+def load_scenario(source: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Load a scenario from a YAML/TOML file or a built-in name, apply overrides, validate."""
+    from capsim import scenarios  # built-ins live in their own package
+
+    src = str(source)
+    path = Path(src)
+    if path.suffix.lower() in (".yaml", ".yml", ".toml", ".json") or path.exists():
+        if not path.exists():
+            raise ScenarioError([f"scenario: file {src} not found; give a scenario file or a built-in name "
+                                 f"({', '.join(scenarios.names())})"])
+        data = read_scenario_data(path)
+        base = path.parent
+    elif src in scenarios.names():
+        data = scenarios.data(src)
+        base = Path(".")
+    else:
+        raise ScenarioError([f"scenario: {src!r} is neither a file nor a built-in scenario; "
+                             f"built-ins: {', '.join(scenarios.names())}"])
+    if overrides:
+        if not isinstance(data, dict):
+            data = {}
+        data = apply_overrides(data, overrides)
+    return parse_scenario(data, base_dir=base)

@@ -1,0 +1,73 @@
+"""Service-time curves: mean batch compute time by batch size, variability, contention."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+from capsim.config import Service, Variability
+
+
+class ServiceCurve:
+    """Mean compute time (seconds) of a batch of each size 1..max_batch, from measured points.
+
+    Between measured sizes the curve is interpolated monotonically (PCHIP), so it never
+    overshoots the measured values; sizes above the largest measured one are refused at
+    scenario load time.
+    """
+
+    def __init__(self, batch_latency_ms: dict[int, float], max_batch: int):
+        sizes = np.array(sorted(batch_latency_ms), dtype=float)
+        ms = np.array([batch_latency_ms[int(b)] for b in sizes], dtype=float)
+        if max_batch > sizes[-1]:
+            raise ValueError(f"batch size {max_batch} is above the largest measured size {int(sizes[-1])}")
+        b = np.arange(1, max_batch + 1, dtype=float)
+        if len(sizes) == 1:
+            values = np.full(len(b), ms[0])
+        else:
+            values = PchipInterpolator(sizes, ms, extrapolate=False)(b)
+        # Index by batch size directly: seconds[b]; index 0 unused.
+        self.seconds = np.concatenate(([np.nan], values / 1000.0))
+        self.max_batch = max_batch
+
+    def mean_s(self, b: int) -> float:
+        return float(self.seconds[b])
+
+    def capacity_rps(self, instances: int = 1, b: int | None = None, contention: float = 1.0) -> float:
+        """Throughput bound with every instance always busy on batches of size b (default: the largest)."""
+        b = b or self.max_batch
+        return instances * b / (self.seconds[b] * contention)
+
+
+def variability_sampler(v: Variability):
+    """A function ``(rng, k) -> k multipliers`` with mean 1 and the configured coefficient of variation."""
+    cv = v.cv
+    if v.distribution == "none":
+        return None
+    if v.distribution == "exponential":
+        return lambda rng, k: rng.exponential(1.0, k)
+    if v.distribution == "gamma":
+        shape = 1.0 / cv**2
+        return lambda rng, k: rng.gamma(shape, 1.0 / shape, k)
+    if v.distribution == "lognormal":
+        sigma2 = np.log1p(cv**2)
+        mu, sigma = -sigma2 / 2.0, np.sqrt(sigma2)
+        return lambda rng, k: rng.lognormal(mu, sigma, k)
+    raise ValueError(v.distribution)
+
+
+def variability_moments(v: Variability) -> tuple[float, float]:
+    """Mean and variance of the multiplier (mean is 1 by construction)."""
+    if v.distribution == "none":
+        return 1.0, 0.0
+    if v.distribution == "exponential":
+        return 1.0, 1.0
+    return 1.0, v.cv**2
+
+
+def contention_table(service: Service, instances: int) -> np.ndarray:
+    """Slowdown factor indexed by the number of busy instances on the device (index 0 unused)."""
+    table = np.ones(instances + 1)
+    for k in range(2, instances + 1):
+        table[k] = service.contention.get(k, 1.0)
+    return table

@@ -1,0 +1,1 @@
+"""Simulation engines (SimPy reference engine) and the pieces they are built from."""

@@ -1,0 +1,250 @@
+"""The reference engine: a SimPy discrete-event model of batcher, queue and instances.
+
+Time is kept in integer nanoseconds so that equal instants compare equal exactly. Arrivals are
+generated up front and admitted lazily: the engine schedules a SimPy event only when a batch
+decision can change (an instance finishes, a batch fills, a queue delay runs out), not per
+request.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from capsim.arrivals import ArrivalStream
+from capsim.config import Scenario
+from capsim.service import ServiceCurve, contention_table, variability_sampler
+from capsim.sim.batcher import TimerBatcher, TritonBatcher
+from capsim.sim.queue import (
+    DROPPED, STRIDE, Admission, Intake, QueueTimeout, RequestQueue,
+)
+from capsim.sim.stages import fifo_pool
+
+NS = 1_000_000_000
+INF = float("inf")
+_DRAW_CHUNK = 4096
+
+
+@dataclass
+class ReplicationTrace:
+    """Per-request and per-batch outcome of one replication (times in seconds)."""
+
+    arrival: np.ndarray       # arrival at the service (before pre-processing)
+    source: np.ndarray
+    entry: np.ndarray         # entry into the batcher's queue (after pre-processing)
+    dispatch: np.ndarray      # batch formed / closed (NaN when dropped)
+    start: np.ndarray         # service start on an instance
+    end: np.ndarray           # service end
+    done: np.ndarray          # response leaves the server (after post-processing)
+    latency_ms: np.ndarray    # done - arrival + overhead (NaN when dropped)
+    formation_ms: np.ndarray  # part of the queue wait spent holding for the batch to fill
+    batch_size: np.ndarray    # 0 when dropped
+    instance: np.ndarray      # -1 when dropped
+    drop_reason: np.ndarray   # index into capsim.sim.queue.DROP_REASONS, 0 = completed
+    drop_t: np.ndarray        # when it was dropped (NaN when completed)
+    warmup: np.ndarray        # bool: excluded from statistics
+    batch_start: np.ndarray   # per batch
+    batch_end: np.ndarray
+    batch_size_by_batch: np.ndarray
+    batch_instance: np.ndarray
+    instances: int
+    overhead_ms: float
+
+    @property
+    def completed(self) -> np.ndarray:
+        return self.drop_reason == 0
+
+
+class SimPyEngine:
+    """Runs one replication of a scenario on SimPy."""
+
+    name = "simpy"
+
+    def __init__(self, scenario: Scenario):
+        self.sc = scenario
+        self.curve = ServiceCurve(scenario.service.batch_latency_ms, scenario.batching.max_batch_size)
+        self.mean_ns = self.curve.seconds * NS
+        self.contention = contention_table(scenario.service, scenario.instances)
+        self.sampler = variability_sampler(scenario.service.variability)
+
+    def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
+        return _Run(self, arrivals, service_rng).result()
+
+
+class _Run:
+    """State of one replication (kept apart from the engine so nothing leaks between runs)."""
+
+    def __init__(self, eng: SimPyEngine, arr: ArrivalStream, rng: np.random.Generator):
+        sc = eng.sc
+        self.eng, self.arr, self.rng = eng, arr, rng
+        n = len(arr)
+        self.env = simpy.Environment()
+        self.status = np.zeros(n, np.int8)
+        self.drop_reason = np.zeros(n, np.int8)
+        self.drop_t = np.full(n, -1, np.int64)
+        self.batch_of = np.full(n, -1, np.int64)
+
+        arrival_ns = np.rint(arr.times * NS).astype(np.int64)
+        self.arrival_ns = arrival_ns
+        stride = sc.queue.stride
+        kept = np.ones(n, bool) if stride == 1 else (arr.frame % stride == 0)
+        skipped = ~kept
+        self.status[skipped] = DROPPED
+        self.drop_reason[skipped] = STRIDE
+        self.drop_t[skipped] = arrival_ns[skipped]
+        order = np.flatnonzero(kept)
+
+        pre = sc.service.preprocess
+        entry = np.full(n, -1, np.int64)
+        pre_ns = int(round(pre.ms * 1e6))
+        entry[order] = fifo_pool(arrival_ns[order].astype(np.float64), pre_ns, pre.workers).astype(np.int64)
+        self.entry = entry
+
+        qc = sc.queue
+        per_source = qc.per_source_max_size > 0
+        self.q = RequestQueue(order, entry, arr.source, arr.n_sources, self.status, self.drop_reason,
+                              self.drop_t, track_sources=per_source)
+        admission = Admission(qc.max_size, qc.per_source_max_size, qc.on_full) if (qc.max_size or per_source) \
+            else None
+        timeout = QueueTimeout(int(round(qc.timeout_ms * 1e6))) if qc.timeout_ms > 0 else None
+        self.intake = Intake(self.q, admission, timeout)
+
+        b = sc.batching
+        delay_ns = int(round(b.max_queue_delay_ms * 1e6))
+        if b.mode == "triton":
+            self.batcher = TritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes)
+        else:
+            self.batcher = TimerBatcher(b.max_batch_size, delay_ns, self.intake.simple)
+
+        N = sc.instances
+        self.idle = list(range(N))  # heap: lowest index first
+        self.idle_since = [0] * N
+        self.busy = 0
+        self.wake_pending = INF
+        # Per-batch records, appended as batches start.
+        self.b_dispatch: list[int] = []
+        self.b_end: list[int] = []
+        self.b_size: list[int] = []
+        self.b_inst: list[int] = []
+        self.b_mark: list[int] = []  # when the instance became idle (triton) / the batch closed (timer)
+        self.draws = np.empty(0)
+        self.draw_pos = 0
+
+    # -- SimPy callbacks
+    def _wake_at(self, t: float) -> None:
+        if t < self.wake_pending and t != INF:
+            self.wake_pending = t
+            ev = self.env.timeout(int(t) - self.env.now)
+            ev.callbacks.append(self._on_wake)
+
+    def _on_wake(self, _ev) -> None:
+        if self.env.now >= self.wake_pending:
+            self.wake_pending = INF
+        self._decide()
+
+    def _on_done(self, ev) -> None:
+        inst = ev.value
+        self.busy -= 1
+        heapq.heappush(self.idle, inst)
+        self.idle_since[inst] = self.env.now
+        # Decide after every event of this instant has run, so that simultaneous completions
+        # are all seen and the lowest-index idle instance gets the batch.
+        self._wake_at(self.env.now)
+
+    # -- decisions
+    def _decide(self) -> None:
+        now = self.env.now
+        batcher, q = self.batcher, self.q
+        batcher.advance(self.intake, now)
+        while self.idle:
+            idx = batcher.ready(q, now)
+            if idx is None:
+                break
+            self._dispatch(idx, heapq.heappop(self.idle), now)
+        if self.idle and (q.qlen or q.nxt < q.n):
+            self._wake_at(batcher.next_look(q, now))
+
+    def _multiplier(self) -> float:
+        if self.eng.sampler is None:
+            return 1.0
+        if self.draw_pos >= len(self.draws):
+            self.draws = self.eng.sampler(self.rng, _DRAW_CHUNK)
+            self.draw_pos = 0
+        m = self.draws[self.draw_pos]
+        self.draw_pos += 1
+        return m
+
+    def _dispatch(self, idx: np.ndarray, inst: int, now: int) -> None:
+        b = len(idx)
+        self.busy += 1
+        dt = int(round(self.eng.mean_ns[b] * self._multiplier() * self.eng.contention[self.busy]))
+        self.batch_of[idx] = len(self.b_end)
+        self.b_dispatch.append(now)
+        self.b_end.append(now + dt)
+        self.b_size.append(b)
+        self.b_inst.append(inst)
+        if self.batcher.mode == "timer":
+            self.b_mark.append(self.batcher.close_times[-1])
+        else:
+            self.b_mark.append(self.idle_since[inst])
+        ev = self.env.timeout(dt, value=inst)
+        ev.callbacks.append(self._on_done)
+
+    # -- run and collect
+    def result(self) -> ReplicationTrace:
+        if self.q.n:
+            self._wake_at(self.q.next_entry(1))
+        self.env.run()
+        return self._collect()
+
+    def _collect(self) -> ReplicationTrace:
+        sc, arr = self.eng.sc, self.arr
+        n = len(arr)
+        s = 1.0 / NS
+        bid = self.batch_of
+        served = bid >= 0
+        b_dispatch = np.asarray(self.b_dispatch, np.int64)
+        b_end = np.asarray(self.b_end, np.int64)
+        b_size = np.asarray(self.b_size, np.int64)
+        b_inst = np.asarray(self.b_inst, np.int64)
+        b_mark = np.asarray(self.b_mark, np.int64)
+        sb = bid[served]
+
+        nan = np.full(n, np.nan)
+        dispatch, start, end, done = nan.copy(), nan.copy(), nan.copy(), nan.copy()
+        start[served] = b_dispatch[sb] * s
+        end[served] = b_end[sb] * s
+        if sc.batching.mode == "timer":
+            dispatch[served] = b_mark[sb] * s      # the batch closed
+            formation = (b_mark[sb] - self.entry[served]) * s
+        else:
+            dispatch[served] = start[served]
+            formation = (b_dispatch[sb] - np.maximum(self.entry[served], b_mark[sb])) * s
+        formation_ms = nan.copy()
+        formation_ms[served] = formation * 1000.0
+
+        post = sc.service.postprocess
+        served_idx = np.flatnonzero(served)
+        if len(served_idx):
+            fifo = served_idx[np.lexsort((served_idx, end[served_idx]))]
+            done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
+        latency = (done - arr.times) * 1000.0 + sc.service.overhead_ms
+
+        batch_size = np.zeros(n, np.int64)
+        batch_size[served] = b_size[sb]
+        instance = np.full(n, -1, np.int64)
+        instance[served] = b_inst[sb]
+        entry = np.where(self.entry >= 0, self.entry * s, np.nan)
+        drop_t = np.where(self.drop_t >= 0, self.drop_t * s, np.nan)
+        warm = np.zeros(n, bool)
+        warm[: min(sc.run.warmup_requests, n)] = True
+        return ReplicationTrace(
+            arrival=arr.times, source=arr.source, entry=entry, dispatch=dispatch, start=start, end=end, done=done,
+            latency_ms=latency, formation_ms=formation_ms, batch_size=batch_size, instance=instance,
+            drop_reason=self.drop_reason.copy(), drop_t=drop_t, warmup=warm,
+            batch_start=b_dispatch * s, batch_end=b_end * s, batch_size_by_batch=b_size, batch_instance=b_inst,
+            instances=sc.instances, overhead_ms=sc.service.overhead_ms,
+        )

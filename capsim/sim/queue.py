@@ -1,0 +1,234 @@
+"""The batcher's request queue and the policies that drop requests from it.
+
+Requests enter in order of their entry time. The queue keeps them as positions in that
+order and removes lazily: a request dispatched or dropped out of order leaves a hole that
+is skipped when it reaches the head, so the common case (no drops) stays a pointer move.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+PENDING, QUEUED, DISPATCHED, DROPPED = 0, 1, 2, 3
+
+# Drop reasons, as stored per request (index into this tuple; 0 = not dropped).
+DROP_REASONS = ("", "rejected", "dropped_oldest", "timeout", "stride")
+REJECTED, DROPPED_OLDEST, TIMEOUT, STRIDE = 1, 2, 3, 4
+
+
+class RequestQueue:
+    """FIFO of request indices with lazy removal, per-source counts and drop bookkeeping."""
+
+    def __init__(self, order: np.ndarray, entry: np.ndarray, source: np.ndarray, n_sources: int,
+                 status: np.ndarray, drop_reason: np.ndarray, drop_t: np.ndarray, track_sources: bool):
+        self.order = order                       # position -> request index, in entry order
+        self.entry_at = entry[order]             # entry time by position
+        self.entry = entry
+        self.source = source
+        self.status = status
+        self.drop_reason = drop_reason
+        self.drop_t = drop_t
+        self.nxt = 0                             # first position not yet arrived
+        self.head = 0                            # first position that may still be queued
+        self.qlen = 0
+        self.n = len(order)
+        self.src_count = np.zeros(n_sources, np.int64) if track_sources else None
+        self.src_fifo = [deque() for _ in range(n_sources)] if track_sources else None
+
+    # -- arrivals
+    def next_entry(self, k: int = 1) -> float:
+        """Entry time of the k-th arrival still to come (inf when there is none)."""
+        p = self.nxt + k - 1
+        return float(self.entry_at[p]) if p < self.n else float("inf")
+
+    def push_next(self) -> int:
+        """Enqueue the next arrival; returns its request index."""
+        i = int(self.order[self.nxt])
+        self.nxt += 1
+        self.status[i] = QUEUED
+        self.qlen += 1
+        if self.src_count is not None:
+            s = self.source[i]
+            self.src_count[s] += 1
+            self.src_fifo[s].append(i)
+        return i
+
+    def push_until(self, t: float) -> None:
+        """Enqueue every arrival with entry time <= t (no caps or timeouts in force)."""
+        end = int(np.searchsorted(self.entry_at, t, side="right"))
+        if end > self.nxt:
+            self.status[self.order[self.nxt:end]] = QUEUED
+            self.qlen += end - self.nxt
+            self.nxt = end
+
+    def reject_next(self, reason: int, t: float) -> None:
+        """The next arrival is turned away at time t."""
+        i = int(self.order[self.nxt])
+        self.nxt += 1
+        self.status[i] = DROPPED
+        self.drop_reason[i] = reason
+        self.drop_t[i] = t
+
+    # -- the queued requests
+    def oldest(self) -> int:
+        """Request index of the oldest queued request (queue must be non-empty)."""
+        st, order, h = self.status, self.order, self.head
+        while st[order[h]] != QUEUED:
+            h += 1
+        self.head = h
+        return int(order[h])
+
+    def oldest_entry(self) -> float:
+        return float(self.entry[self.oldest()])
+
+    def oldest_of(self, s: int) -> int:
+        fifo = self.src_fifo[s]
+        while self.status[fifo[0]] != QUEUED:
+            fifo.popleft()
+        return fifo[0]
+
+    def _left(self, i: int) -> None:
+        self.qlen -= 1
+        if self.src_count is not None:
+            self.src_count[self.source[i]] -= 1
+
+    def drop(self, i: int, reason: int, t: float) -> None:
+        """Drop queued request i at time t."""
+        self.status[i] = DROPPED
+        self.drop_reason[i] = reason
+        self.drop_t[i] = t
+        self._left(i)
+
+    def take(self, k: int) -> np.ndarray:
+        """Remove and return the oldest k queued requests (k <= qlen), marked dispatched."""
+        self.oldest()  # move the head past holes so the contiguous case is recognised
+        if self.nxt - self.head == self.qlen:  # no holes: a contiguous run of positions
+            idx = self.order[self.head:self.head + k]
+            self.head += k
+        else:
+            out, st, order, p = [], self.status, self.order, self.head
+            while len(out) < k:
+                i = order[p]
+                if st[i] == QUEUED:
+                    out.append(i)
+                p += 1
+            idx = np.asarray(out, dtype=order.dtype)
+        self.status[idx] = DISPATCHED
+        self.qlen -= k
+        if self.src_count is not None:
+            np.subtract.at(self.src_count, self.source[idx], 1)
+        return idx
+
+    def take_indices(self, idx: list[int]) -> np.ndarray:
+        """Remove the given requests (those still queued) and return them, marked dispatched."""
+        live = [i for i in idx if self.status[i] == QUEUED]
+        arr = np.asarray(live, dtype=self.order.dtype)
+        self.status[arr] = DISPATCHED
+        self.qlen -= len(live)
+        if self.src_count is not None:
+            np.subtract.at(self.src_count, self.source[arr], 1)
+        return arr
+
+
+class RejectWhenFull:
+    """``on_full: reject`` — an arrival to a full queue is turned away."""
+
+    def make_room(self, q: RequestQueue, victim: int, t: float) -> bool:
+        return False
+
+
+class DropOldestWhenFull:
+    """``on_full: drop_oldest`` — an arrival to a full queue evicts the oldest queued request."""
+
+    def make_room(self, q: RequestQueue, victim: int, t: float) -> bool:
+        q.drop(victim, DROPPED_OLDEST, t)
+        return True
+
+
+ON_FULL_POLICIES = {"reject": RejectWhenFull, "drop_oldest": DropOldestWhenFull}
+
+
+class Admission:
+    """Admits one arrival through the per-source cap, then the overall cap."""
+
+    def __init__(self, max_size: int, per_source_max_size: int, on_full: str):
+        self.max_size = max_size
+        self.per_source = per_source_max_size
+        self.policy = ON_FULL_POLICIES[on_full]()
+
+    def admit_next(self, q: RequestQueue, t: float) -> None:
+        i = int(q.order[q.nxt])
+        if self.per_source and q.src_count[q.source[i]] >= self.per_source:
+            if not self.policy.make_room(q, q.oldest_of(q.source[i]), t):
+                q.reject_next(REJECTED, t)
+                return
+        if self.max_size and q.qlen >= self.max_size:
+            if not self.policy.make_room(q, q.oldest(), t):
+                q.reject_next(REJECTED, t)
+                return
+        q.push_next()
+
+
+class QueueTimeout:
+    """Drops a request still queued ``timeout`` seconds after it entered (Triton's REJECT action).
+
+    A request may still be dispatched at exactly entry + timeout; it is dropped if it is still
+    queued after that instant, and its drop is recorded at entry + timeout.
+    """
+
+    def __init__(self, timeout_s: float):
+        self.timeout = timeout_s
+
+    def expire_before(self, q: RequestQueue, t: float) -> None:
+        """Drop every queued request whose deadline is strictly before t (oldest first)."""
+        while q.qlen:
+            i = q.oldest()
+            deadline = q.entry[i] + self.timeout
+            if deadline >= t:
+                return
+            q.drop(i, TIMEOUT, deadline)
+
+    def next_deadline(self, q: RequestQueue) -> float:
+        return q.oldest_entry() + self.timeout if q.qlen else float("inf")
+
+
+class Intake:
+    """Brings the queue up to a given time: arrivals through the caps, and timeouts, in time order.
+
+    At one instant, arrivals are enqueued first, then the batcher decides, then timeouts fire:
+    ``until(t)`` therefore drops only requests whose deadline is strictly before t.
+    """
+
+    def __init__(self, q: RequestQueue, admission: Admission | None, timeout: QueueTimeout | None):
+        self.q = q
+        self.admission = admission
+        self.timeout = timeout
+        self.simple = admission is None and timeout is None
+
+    def one(self) -> None:
+        """Admit the next arrival, at its entry time."""
+        q = self.q
+        if self.admission is None:
+            q.push_next()
+        else:
+            self.admission.admit_next(q, int(q.entry_at[q.nxt]))
+
+    def expire(self, t: int) -> None:
+        if self.timeout is not None:
+            self.timeout.expire_before(self.q, t)
+
+    def next_deadline(self) -> float:
+        return self.timeout.next_deadline(self.q) if self.timeout is not None else float("inf")
+
+    def until(self, t: int) -> None:
+        q = self.q
+        if self.simple:
+            q.push_until(t)
+            return
+        at = q.entry_at
+        while q.nxt < q.n and at[q.nxt] <= t:
+            self.expire(int(at[q.nxt]))
+            self.one()
+        self.expire(t)
