@@ -231,7 +231,8 @@ class _Run:
         if len(served_idx):
             fifo = served_idx[np.lexsort((served_idx, end[served_idx]))]
             done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
-        latency = (done - arr.times) * 1000.0 + sc.service.overhead_ms
+        arrival = self.arrival_ns * s  # the engine's own (nanosecond) clock
+        latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
 
         batch_size = np.zeros(n, np.int64)
         batch_size[served] = b_size[sb]
@@ -242,7 +243,7 @@ class _Run:
         warm = np.zeros(n, bool)
         warm[: min(sc.run.warmup_requests, n)] = True
         return ReplicationTrace(
-            arrival=arr.times, source=arr.source, entry=entry, dispatch=dispatch, start=start, end=end, done=done,
+            arrival=arrival, source=arr.source, entry=entry, dispatch=dispatch, start=start, end=end, done=done,
             latency_ms=latency, formation_ms=formation_ms, batch_size=batch_size, instance=instance,
             drop_reason=self.drop_reason.copy(), drop_t=drop_t, warmup=warm,
             batch_start=b_dispatch * s, batch_end=b_end * s, batch_size_by_batch=b_size, batch_instance=b_inst,

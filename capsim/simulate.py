@@ -1,0 +1,41 @@
+"""Run a scenario: independent seeded replications on an engine, summarised into one result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from capsim.arrivals import generate
+from capsim.config import Scenario
+from capsim.metrics import SimulationResult, summarize
+from capsim.sim.engine import ReplicationTrace, SimPyEngine
+
+
+def replication_seeds(seed: int, replications: int) -> list[tuple[np.random.SeedSequence, np.random.SeedSequence]]:
+    """(arrivals, service) seed sequences for each replication, all spawned from one root seed."""
+    root = np.random.SeedSequence(seed)
+    return [tuple(rep.spawn(2)) for rep in root.spawn(replications)]
+
+
+def run_replication(sc: Scenario, rep: int, engine: SimPyEngine | None = None) -> ReplicationTrace:
+    """One replication of ``sc`` (0-based ``rep``), reproducible from the scenario's seed alone."""
+    engine = engine or SimPyEngine(sc)
+    arr_ss, svc_ss = replication_seeds(sc.run.seed, rep + 1)[rep]
+    arrivals = generate(sc.arrivals, sc.run.requests, np.random.default_rng(arr_ss), sc.base_dir)
+    return engine.run(arrivals, np.random.default_rng(svc_ss))
+
+
+def simulate(sc: Scenario, progress: Callable[[int, int], None] | None = None) -> SimulationResult:
+    """Simulate every replication of ``sc`` and summarise; ``progress(done, total)`` is called after each."""
+    engine = SimPyEngine(sc)
+    traces = []
+    for rep in range(sc.run.replications):
+        traces.append(run_replication(sc, rep, engine))
+        if progress:
+            progress(rep + 1, sc.run.replications)
+    if len(traces[0].arrival) <= sc.run.warmup_requests:
+        from capsim.errors import ScenarioError
+        raise ScenarioError([f"run.warmup_requests: the arrivals hold only {len(traces[0].arrival)} requests, "
+                             f"not more than the {sc.run.warmup_requests} of warm-up; lower run.warmup_requests"])
+    return summarize(sc, traces, engine.name)
