@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trace-out", metavar="FILE.csv", help="write one row per request (warm-up flagged)")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    sc = sub.add_parser("scenarios", help="list the built-in scenarios, or show one")
-    sc.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    sc = sub.add_parser("scenarios", help="list the built-in scenarios, show one, or list every scenario field")
+    sc.add_argument("action", nargs="?", choices=("list", "show", "fields"), default="list")
     sc.add_argument("name", nargs="?", help="scenario to show")
     return p
 
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_scenarios(args) -> int:
+    if args.action == "fields":
+        print(fields_table())
+        return 0
     if args.action == "show":
         if not args.name:
             print("capsim: error: name: give the scenario to show, e.g. capsim scenarios show mini-challenge",
@@ -82,6 +85,22 @@ def cmd_scenarios(args) -> int:
         desc = " ".join(str(scenarios.data(name).get("description", "")).split())
         print(f"{name:30s} {desc[:100]}{'...' if len(desc) > 100 else ''}")
     return 0
+
+
+def fields_table() -> str:
+    """Every scenario field with its unit, allowed values and meaning (from the scenario model)."""
+    from capsim.config import iter_fields
+
+    rows = ["| field | unit | allowed | meaning |", "|---|---|---|---|"]
+    for path, spec, _ in iter_fields():
+        allowed = []
+        if spec.choices:
+            allowed.append(" / ".join(spec.choices))
+        for op, v in ((">", spec.gt), (">=", spec.ge), ("<", spec.lt), ("<=", spec.le)):
+            if v is not None:
+                allowed.append(f"{op} {v:g}")
+        rows.append(f"| `{path}` | {spec.unit} | {', '.join(allowed)} | {spec.help} |")
+    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------- simulate

@@ -217,6 +217,9 @@ def iter_fields(cls: type = Scenario, prefix: str = ""):
         inner = _unwrap_optional(tp)
         if dataclasses.is_dataclass(inner):
             yield from iter_fields(inner, path + ".")
+        elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
+            yield path, s, tp
+            yield from iter_fields(typing.get_args(inner)[0], path + "[].")
         else:
             yield path, s, tp
 

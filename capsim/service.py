@@ -66,8 +66,12 @@ def variability_moments(v: Variability) -> tuple[float, float]:
 
 
 def contention_table(service: Service, instances: int) -> np.ndarray:
-    """Slowdown factor indexed by the number of busy instances on the device (index 0 unused)."""
+    """Slowdown factor indexed by the number of busy instances on the device (index 0 unused).
+
+    Counts between measured ones are interpolated linearly; one busy instance is 1.0.
+    """
+    points = {1: 1.0, **service.contention}
+    ks = sorted(points)
     table = np.ones(instances + 1)
-    for k in range(2, instances + 1):
-        table[k] = service.contention.get(k, 1.0)
+    table[1:] = np.interp(np.arange(1, instances + 1), ks, [points[k] for k in ks])
     return table

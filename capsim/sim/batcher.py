@@ -25,6 +25,7 @@ queue and the instances. Looking again too early is harmless: decisions are idem
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 
 import numpy as np
@@ -131,7 +132,7 @@ class TimerBatcher:
                 c, end = int(full_at), p + B
             else:
                 c = int(at[p] + D)
-                end = int(np.searchsorted(at, c, side="right"))
+                end = bisect_right(at, c, p)
             if c > now:
                 break
             q.push_until(c)

@@ -66,8 +66,9 @@ class SimPyEngine:
     def __init__(self, scenario: Scenario):
         self.sc = scenario
         self.curve = ServiceCurve(scenario.service.batch_latency_ms, scenario.batching.max_batch_size)
-        self.mean_ns = self.curve.seconds * NS
-        self.contention = contention_table(scenario.service, scenario.instances)
+        # Python lists: read once per batch on the hot path, where numpy scalars are slow.
+        self.mean_ns = (self.curve.seconds * NS).tolist()
+        self.contention = contention_table(scenario.service, scenario.instances).tolist()
         self.sampler = variability_sampler(scenario.service.variability)
 
     def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
@@ -175,12 +176,16 @@ class _Run:
             self.draw_pos = 0
         m = self.draws[self.draw_pos]
         self.draw_pos += 1
-        return m
+        return float(m)
 
     def _dispatch(self, idx: np.ndarray, inst: int, now: int) -> None:
         b = len(idx)
         self.busy += 1
-        dt = int(round(self.eng.mean_ns[b] * self._multiplier() * self.eng.contention[self.busy]))
+        eng = self.eng
+        if eng.sampler is None:
+            dt = round(eng.mean_ns[b] * eng.contention[self.busy])
+        else:
+            dt = round(eng.mean_ns[b] * self._multiplier() * eng.contention[self.busy])
         self.batch_of[idx] = len(self.b_end)
         self.b_dispatch.append(now)
         self.b_end.append(now + dt)

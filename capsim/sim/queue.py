@@ -7,6 +7,7 @@ is skipped when it reaches the head, so the common case (no drops) stays a point
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 
 import numpy as np
@@ -24,7 +25,8 @@ class RequestQueue:
     def __init__(self, order: np.ndarray, entry: np.ndarray, source: np.ndarray, n_sources: int,
                  status: np.ndarray, drop_reason: np.ndarray, drop_t: np.ndarray, track_sources: bool):
         self.order = order                       # position -> request index, in entry order
-        self.entry_at = entry[order]             # entry time by position
+        # Entry time by position, as a list: scalar reads and bisect on it are much cheaper than numpy's.
+        self.entry_at = entry[order].tolist()
         self.entry = entry
         self.source = source
         self.status = status
@@ -41,7 +43,7 @@ class RequestQueue:
     def next_entry(self, k: int = 1) -> float:
         """Entry time of the k-th arrival still to come (inf when there is none)."""
         p = self.nxt + k - 1
-        return float(self.entry_at[p]) if p < self.n else float("inf")
+        return self.entry_at[p] if p < self.n else float("inf")
 
     def push_next(self) -> int:
         """Enqueue the next arrival; returns its request index."""
@@ -57,7 +59,15 @@ class RequestQueue:
 
     def push_until(self, t: float) -> None:
         """Enqueue every arrival with entry time <= t (no caps or timeouts in force)."""
-        end = int(np.searchsorted(self.entry_at, t, side="right"))
+        nxt = self.nxt
+        if nxt >= self.n or self.entry_at[nxt] > t:
+            return
+        if nxt + 1 >= self.n or self.entry_at[nxt + 1] > t:  # the common case: one new arrival
+            self.status[self.order[nxt]] = QUEUED
+            self.qlen += 1
+            self.nxt = nxt + 1
+            return
+        end = bisect_right(self.entry_at, t, nxt)
         if end > self.nxt:
             self.status[self.order[self.nxt:end]] = QUEUED
             self.qlen += end - self.nxt
@@ -213,7 +223,7 @@ class Intake:
         if self.admission is None:
             q.push_next()
         else:
-            self.admission.admit_next(q, int(q.entry_at[q.nxt]))
+            self.admission.admit_next(q, q.entry_at[q.nxt])
 
     def expire(self, t: int) -> None:
         if self.timeout is not None:
