@@ -10,6 +10,7 @@ collecting every problem as one line ``field.path: problem; fix`` before raising
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 import types
@@ -355,7 +356,9 @@ def _build(cls: type, data: dict, path: str, problems: list[str]) -> Any:
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in names:
-            problems.append(f"{prefix}{key}: unknown field; valid fields here: {', '.join(sorted(names))}")
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            problems.append(f"{prefix}{key}: unknown field; {hint}valid fields here: {', '.join(sorted(names))}")
     kwargs = {}
     for f, s, tp in specs:
         fpath = f"{prefix}{f.name}"
