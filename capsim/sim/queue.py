@@ -133,10 +133,10 @@ class RequestQueue:
 
     def take_indices(self, idx: list[int]) -> np.ndarray:
         """Remove the given requests (those still queued) and return them, marked dispatched."""
-        live = [i for i in idx if self.status[i] == QUEUED]
-        arr = np.asarray(live, dtype=self.order.dtype)
+        arr = np.asarray(idx, dtype=self.order.dtype)
+        arr = arr[self.status[arr] == QUEUED]
         self.status[arr] = DISPATCHED
-        self.qlen -= len(live)
+        self.qlen -= len(arr)
         if self.src_count is not None:
             np.subtract.at(self.src_count, self.source[arr], 1)
         return arr
