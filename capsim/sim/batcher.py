@@ -10,8 +10,9 @@ to the idle instance with the lowest index; otherwise the batcher waits for the 
 or for t0 + D, whichever comes first. Arrivals at the same instant as a dispatch decision are
 enqueued before the decision. With D = 0 an idle instance takes whatever is queued
 immediately. ``preferred_batch_sizes``, when given, dispatch as soon as the largest reachable
-preferred size is queued: with q requests queued (q < B) and an idle instance, the largest
-preferred size p <= q is dispatched at once.
+preferred size is queued: with q requests queued (q < B), an idle instance and the delay not
+yet run out, the largest preferred size p <= q is dispatched at once; once now >= t0 + D the
+usual rule (all min(B, q)) applies.
 
 *timer* mode: a batch closes when it reaches B requests or when its oldest request has waited
 D, independent of instance availability; closed batches wait FIFO for the next idle instance.
@@ -56,11 +57,11 @@ class TritonBatcher:
             return None
         if n >= self.B:
             return q.take(self.B)
-        for p in self.preferred:
-            if p <= n:
-                return q.take(p)
         if now >= q.oldest_entry() + self.D:
             return q.take(n)
+        for p in self.preferred:  # largest first: dispatch early, before the delay runs out
+            if p <= n:
+                return q.take(p)
         return None
 
     def next_look(self, q: RequestQueue, now: int) -> float:
