@@ -99,26 +99,36 @@ def _streams(cfg: Arrivals, n: int, rng: np.random.Generator) -> ArrivalStream:
 def read_trace(path: Path, n: int | None = None) -> ArrivalStream:
     """Arrival times from a CSV: one time in seconds per line, or columns ``arrival_s`` [, ``source``]."""
     try:
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        with open(path, newline="", encoding="utf-8") as fh:
+            # Keep each row's line number (blank lines are skipped, not renumbered).
+            rows = [(n, r) for n, r in enumerate(csv.reader(fh), start=1) if r and any(c.strip() for c in r)]
     except OSError as exc:
         raise ScenarioError([f"arrivals.path: cannot read {path}: {exc.strerror}; give an existing CSV file"]) from None
+    except UnicodeDecodeError:
+        raise ScenarioError([f"arrivals.path: {path} is not UTF-8 text; give a CSV of arrival times"]) from None
     if not rows:
         raise ScenarioError([f"arrivals.path: {path} holds no arrival times"])
-    header = [c.strip().lower() for c in rows[0]]
+    header = [c.strip().lower() for c in rows[0][1]]
     col, src_col = 0, None
     if "arrival_s" in header:
         col = header.index("arrival_s")
         src_col = header.index("source") if "source" in header else None
         rows = rows[1:]
     times, sources = [], []
-    for i, r in enumerate(rows, start=2 if src_col is not None or "arrival_s" in header else 1):
+    for line, r in rows:
         try:
             times.append(float(r[col]))
-            sources.append(int(r[src_col]) if src_col is not None else 0)
         except (ValueError, IndexError):
-            raise ScenarioError([f"arrivals.path: line {i} of {path} is not a time in seconds: {','.join(r)!r}"]) \
+            raise ScenarioError([f"arrivals.path: line {line} of {path} is not a time in seconds: {','.join(r)!r}"]) \
                 from None
+        if src_col is not None:
+            try:
+                sources.append(int(r[src_col]))
+            except (ValueError, IndexError):
+                raise ScenarioError([f"arrivals.path: line {line} of {path} has a source that is not a whole "
+                                     f"number: {','.join(r)!r}"]) from None
+        else:
+            sources.append(0)
     t = np.asarray(times, dtype=np.float64)
     if len(t) < 2:
         raise ScenarioError([f"arrivals.path: {path} needs at least 2 arrival times, got {len(t)}"])
@@ -129,6 +139,8 @@ def read_trace(path: Path, n: int | None = None) -> ArrivalStream:
     if np.any(src < 0):
         raise ScenarioError([f"arrivals.path: {path} has negative source ids"])
     t = t[order]
+    if t[-1] <= t[0]:
+        raise ScenarioError([f"arrivals.path: every arrival time in {path} is {t[0]:g} s; a trace must span time"])
     if n is not None:
         t, src = t[:n], src[:n]
     n_src = int(src.max()) + 1

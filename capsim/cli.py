@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 
 from capsim import scenarios
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("capsim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (capsim ... | head): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -126,18 +132,23 @@ def cmd_simulate(args) -> int:
     if args.trace_out:
         write_trace(res, args.trace_out)
     if args.format == "json":
-        print(json.dumps(res.to_dict(), indent=2, default=_json_default))
+        print(json.dumps(_finite(res.to_dict()), indent=2, allow_nan=False))
     else:
         print(format_table(res))
     return 0
 
 
-def _json_default(o):
+def _finite(o):
+    """Plain JSON data: non-finite floats (nothing to measure) become null, numpy scalars Python ones."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if hasattr(o, "item"):
+        o = o.item()
     if isinstance(o, float) and not math.isfinite(o):
         return None
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(type(o))
+    return o
 
 
 TRACE_COLUMNS = ("request_id", "source", "arrival_s", "dispatch_s", "start_s", "end_s", "latency_ms", "batch_size",

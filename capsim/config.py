@@ -167,7 +167,7 @@ class SLO:
 class Run:
     """How long and how often to simulate."""
 
-    requests: int = spec(100_000, "arrivals simulated per replication, warm-up included", ge=1)
+    requests: int = spec(100_000, "arrivals simulated per replication, warm-up included", ge=1, le=20_000_000)
     warmup_requests: int = spec(2_000, "first arrivals excluded from statistics", ge=0)
     replications: int = spec(5, "independent replications (confidence intervals); 1 uses batch means", ge=1,
                              le=1000)
@@ -468,16 +468,25 @@ def parse_scenario(data: Any, base_dir: str | Path = ".") -> Scenario:
 def read_scenario_data(path: Path) -> dict:
     """Plain data from a YAML or TOML scenario file."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError([f"scenario: cannot read {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ScenarioError([f"scenario: {path} is not UTF-8 text; save it as UTF-8 YAML or TOML"]) from None
+    kind = "TOML" if path.suffix.lower() == ".toml" else "YAML"
     try:
-        if path.suffix.lower() == ".toml":
+        if kind == "TOML":
             return tomllib.loads(text)
         return yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        line = str(exc).replace("\n", " ")
-        raise ScenarioError([f"scenario: {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {line}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError([f"scenario: {path} is not valid TOML: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError([f"scenario: {path} is not valid YAML{where}: {problem}"]) from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -494,16 +503,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         except yaml.YAMLError:
             value = raw
         node = data
-        for k in keys[:-1]:
-            child = node.get(k) if isinstance(node, dict) else None
-            if not isinstance(child, dict):
+        for depth, k in enumerate(keys):
+            if isinstance(node, list):
+                if not (k.isdigit() and int(k) < len(node)):
+                    raise ScenarioError([f"--set {item}: {'.'.join(keys[:depth])} has {len(node)} entries; "
+                                         f"index it with 0..{len(node) - 1}"])
+                k = int(k)
+            elif k.isdigit() and k not in node and int(k) in node:
+                k = int(k)  # service.batch_latency_ms.16=60 against YAML int keys
+            if depth == len(keys) - 1:
+                node[k] = value
+                break
+            child = node[k] if isinstance(node, list) else node.get(k)
+            if not isinstance(child, (dict, list)):
                 child = {}
                 node[k] = child
             node = child
-        last = keys[-1]
-        if isinstance(node, dict) and last.isdigit() and last not in node and int(last) in node:
-            last = int(last)  # service.batch_latency_ms.16=60 against YAML int keys
-        node[last] = value
     return data
 
 
@@ -525,8 +540,12 @@ def load_scenario(source: str | Path, overrides: list[str] | None = None) -> Sce
     else:
         raise ScenarioError([f"scenario: {src!r} is neither a file nor a built-in scenario; "
                              f"built-ins: {', '.join(scenarios.names())}"])
+    if data is None:
+        raise ScenarioError([f"scenario: {src} is empty; start from one of the built-ins, e.g. "
+                             "capsim scenarios show mini-challenge > my.yaml"])
+    if not isinstance(data, dict):
+        raise ScenarioError([f"scenario: must be a mapping of sections (arrivals, service, ...), got a "
+                             f"{type(data).__name__}"])
     if overrides:
-        if not isinstance(data, dict):
-            data = {}
         data = apply_overrides(data, overrides)
     return parse_scenario(data, base_dir=base)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
 from capsim import analytic
 from capsim.config import Scenario
@@ -102,6 +101,8 @@ def _percentile_ci(groups: list[np.ndarray], pooled: np.ndarray, q: float) -> tu
     vals = np.array([np.percentile(g, q) for g in groups if len(g)])
     if len(vals) < 2:
         return point, [point, point]
+    from scipy import stats  # imported here: scipy.stats costs ~1 s at start-up
+
     hw = float(stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals)))
     return point, [point - hw, point + hw]
 
@@ -221,6 +222,8 @@ def _pname(q: float) -> str:
 
 def _judge(sc: Scenario, res: SimulationResult, groups: list[np.ndarray]) -> dict:
     """The SLO verdict: met / not met / inconclusive, with a one-sided confidence."""
+    from scipy import stats
+
     slo = sc.slo
     key = _pname(slo.percentile)
     observed = res.latency_ms[key]
@@ -230,7 +233,7 @@ def _judge(sc: Scenario, res: SimulationResult, groups: list[np.ndarray]) -> dic
     sustained = nominal * (1.0 - res.drop_rate) if res.stable else res.throughput_rps
     throughput_ok = sustained >= slo.min_throughput_rps * (1 - 1e-9)
     hw = (high - low) / 2.0
-    if not res.stable:
+    if not res.stable or not np.isfinite(observed):  # unstable, or nothing completed
         confidence, verdict = 0.0, "not met"
     else:
         df = max(len(groups) - 1, 1)
@@ -247,7 +250,7 @@ def _judge(sc: Scenario, res: SimulationResult, groups: list[np.ndarray]) -> dic
             verdict = "not met"
         else:
             verdict = "inconclusive"
-    met = bool(res.stable and throughput_ok and observed <= slo.latency_ms)
+    met = bool(res.stable and throughput_ok and np.isfinite(observed) and observed <= slo.latency_ms)
     return {
         "met": met,
         "verdict": verdict,
