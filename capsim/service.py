@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from capsim.config import Service, Variability
 
@@ -25,6 +24,8 @@ class ServiceCurve:
         if len(sizes) == 1:
             values = np.full(len(b), ms[0])
         else:
+            from scipy.interpolate import PchipInterpolator  # here: it costs ~1 s of start-up
+
             values = PchipInterpolator(sizes, ms, extrapolate=False)(b)
         # Index by batch size directly: seconds[b]; index 0 unused.
         self.seconds = np.concatenate(([np.nan], values / 1000.0))

@@ -50,8 +50,8 @@ class TritonBatcher:
         """Bring the queue up to ``now``: arrivals and drops."""
         intake.until(now)
 
-    def ready(self, q: RequestQueue, now: int) -> np.ndarray | None:
-        """Take and return the next batch if one is due now, else None."""
+    def ready(self, q: RequestQueue, now: int) -> np.ndarray | int | None:
+        """Take and return the next batch (request indices, or its size from a contiguous queue) if one is due now."""
         n = q.qlen
         if n == 0:
             return None
@@ -137,15 +137,15 @@ class TimerBatcher:
             if c > now:
                 break
             q.push_until(c)
-            self.closed.append((c, q.order[p:end]))
+            self.closed.append((c, end - p))  # a contiguous queue: the batch is the next end - p requests
             self.open_pos = end
         q.push_until(now)
 
-    def ready(self, q: RequestQueue, now: int) -> np.ndarray | None:
+    def ready(self, q: RequestQueue, now: int) -> np.ndarray | int | None:
         while self.closed:
             t, members = self.closed.popleft()
-            idx = q.take_indices(members)
-            if len(idx):
+            idx = q.take(members) if self.simple else q.take_indices(members)
+            if self.simple or len(idx):
                 self.close_times.append(t)
                 return idx
         return None

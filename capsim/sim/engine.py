@@ -19,7 +19,7 @@ from capsim.config import Scenario
 from capsim.service import ServiceCurve, contention_table, variability_sampler
 from capsim.sim.batcher import TimerBatcher, TritonBatcher
 from capsim.sim.queue import (
-    DROPPED, STRIDE, Admission, Intake, QueueTimeout, RequestQueue,
+    DROPPED, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
 from capsim.sim.stages import fifo_pool
 
@@ -106,11 +106,12 @@ class _Run:
 
         qc = sc.queue
         per_source = qc.per_source_max_size > 0
-        self.q = RequestQueue(order, entry, arr.source, arr.n_sources, self.status, self.drop_reason,
-                              self.drop_t, track_sources=per_source)
         admission = Admission(qc.max_size, qc.per_source_max_size, qc.on_full) if (qc.max_size or per_source) \
             else None
         timeout = QueueTimeout(int(round(qc.timeout_ms * 1e6))) if qc.timeout_ms > 0 else None
+        queue_cls = ContiguousQueue if admission is None and timeout is None else RequestQueue
+        self.q = queue_cls(order, entry, arr.source, arr.n_sources, self.status, self.drop_reason,
+                           self.drop_t, track_sources=per_source)
         self.intake = Intake(self.q, admission, timeout)
 
         b = sc.batching
@@ -151,9 +152,12 @@ class _Run:
         self.busy -= 1
         heapq.heappush(self.idle, inst)
         self.idle_since[inst] = self.env.now
-        # Decide after every event of this instant has run, so that simultaneous completions
-        # are all seen and the lowest-index idle instance gets the batch.
-        self._wake_at(self.env.now)
+        # When another event falls on this very instant (say a second instance finishing), decide
+        # after it has run, so that the lowest-index idle instance gets the batch.
+        if self.env.peek() == self.env.now:
+            self._wake_at(self.env.now)
+        else:
+            self._decide()
 
     # -- decisions
     def _decide(self) -> None:
@@ -178,15 +182,19 @@ class _Run:
         self.draw_pos += 1
         return float(m)
 
-    def _dispatch(self, idx: np.ndarray, inst: int, now: int) -> None:
-        b = len(idx)
+    def _dispatch(self, batch: np.ndarray | int, inst: int, now: int) -> None:
+        """Start a batch (request indices, or just its size when the queue is contiguous) on ``inst``."""
+        if type(batch) is int:
+            b = batch
+        else:
+            b = len(batch)
+            self.batch_of[batch] = len(self.b_end)
         self.busy += 1
         eng = self.eng
         if eng.sampler is None:
             dt = round(eng.mean_ns[b] * eng.contention[self.busy])
         else:
             dt = round(eng.mean_ns[b] * self._multiplier() * eng.contention[self.busy])
-        self.batch_of[idx] = len(self.b_end)
         self.b_dispatch.append(now)
         self.b_end.append(now + dt)
         self.b_size.append(b)
@@ -210,6 +218,10 @@ class _Run:
         n = len(arr)
         s = 1.0 / NS
         bid = self.batch_of
+        if self.q.contiguous:
+            # Batches took consecutive queue positions, in dispatch order.
+            sizes = np.asarray(self.b_size, np.int64)
+            bid[self.q.order[: sizes.sum()]] = np.repeat(np.arange(len(sizes)), sizes)
         served = bid >= 0
         b_dispatch = np.asarray(self.b_dispatch, np.int64)
         b_end = np.asarray(self.b_end, np.int64)

@@ -22,6 +22,8 @@ REJECTED, DROPPED_OLDEST, TIMEOUT, STRIDE = 1, 2, 3, 4
 class RequestQueue:
     """FIFO of request indices with lazy removal, per-source counts and drop bookkeeping."""
 
+    contiguous = False
+
     def __init__(self, order: np.ndarray, entry: np.ndarray, source: np.ndarray, n_sources: int,
                  status: np.ndarray, drop_reason: np.ndarray, drop_t: np.ndarray, track_sources: bool):
         self.order = order                       # position -> request index, in entry order
@@ -140,6 +142,36 @@ class RequestQueue:
         if self.src_count is not None:
             np.subtract.at(self.src_count, self.source[arr], 1)
         return arr
+
+
+class ContiguousQueue(RequestQueue):
+    """The queue when nothing can leave it but a dispatch (no caps, no timeouts).
+
+    Requests then leave strictly in entry order, so the queue is the position range
+    [head, nxt) and a batch is the next k positions: no per-request bookkeeping at all.
+    ``take`` returns the batch size; the engine maps batches back to requests at the end.
+    """
+
+    contiguous = True
+
+    def push_until(self, t: float) -> None:
+        at, nxt = self.entry_at, self.nxt
+        if nxt >= self.n or at[nxt] > t:
+            return
+        end = nxt + 1 if nxt + 1 >= self.n or at[nxt + 1] > t else bisect_right(at, t, nxt)
+        self.qlen += end - nxt
+        self.nxt = end
+
+    def oldest(self) -> int:
+        return int(self.order[self.head])
+
+    def oldest_entry(self) -> float:
+        return self.entry_at[self.head]
+
+    def take(self, k: int) -> int:
+        self.head += k
+        self.qlen -= k
+        return k
 
 
 class RejectWhenFull:
