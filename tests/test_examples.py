@@ -251,10 +251,6 @@ def test_example_4_saturates_near_50_rps():
     assert "does not" in napkin_note(res)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "metrics.summarize: under overload throughput_rps counts only completions of post-warm-up "
-    "arrivals but times them from the first post-warm-up arrival, while the server first clears "
-    "the backlog left by the warm-up; it underestimates the service rate by that backlog"))
 def test_saturated_throughput_is_the_capacity():
     # Example 1 at 250 rps with an unlimited queue: the GPU is always busy with full batches of
     # 4 in 24 ms, so it completes exactly 4 / 0.024 = 166.7 requests per second.

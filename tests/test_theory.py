@@ -6,9 +6,11 @@ Khinchine for M/D/1 and M/G/1, Erlang C for M/M/c), independently of capsim.anal
 functions are checked separately against the same closed forms and textbook numbers.
 
 Sizing: service mean 10 ms, so mu = 100/s per instance. The noisiest case, M/M/1 at rho = 0.8,
-has a per-replication standard deviation of the mean sojourn time of about 1.5 % at 200k
-requests, so 5 x 200k gives a standard error near 0.7 % and the 3 % tolerance is > 4 standard
-errors. Lighter cases run fewer requests. Every simulation runs once per session (cached)
+has a per-replication standard deviation of the mean sojourn time of about 2.1 % at 250k
+requests (measured over 48 replications; the distribution of a replication's mean is skewed,
+an occasional replication is 5-6 % off), so 8 x 250k gives a standard error near 0.75 % and
+the 3 % tolerance is about 4 standard errors. The other rho = 0.8 cases are less noisy and
+run 0.75-1M requests; rho = 0.5 cases 200-300k. Every simulation runs once per session (cached)
 and serves the mean, percentile and Little's law tests.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -34,24 +37,22 @@ LITTLE_TOL = 0.02    # L and lambda x W within 2 %
 
 # name: (variability, cv, servers, rho, requests per replication, replications)
 CASES = {
-    "M/D/1 rho=0.5": ("none", 0.0, 1, 0.5, 50_000, 5),
-    "M/D/1 rho=0.8": ("none", 0.0, 1, 0.8, 120_000, 5),
-    "M/M/1 rho=0.5": ("exponential", 1.0, 1, 0.5, 50_000, 5),
-    "M/M/1 rho=0.8": ("exponential", 1.0, 1, 0.8, 200_000, 5),
-    "M/M/2 rho=0.5": ("exponential", 1.0, 2, 0.5, 50_000, 5),
-    "M/M/2 rho=0.8": ("exponential", 1.0, 2, 0.8, 160_000, 5),
-    "M/M/3 rho=0.5": ("exponential", 1.0, 3, 0.5, 50_000, 5),
-    "M/M/3 rho=0.8": ("exponential", 1.0, 3, 0.8, 150_000, 5),
-    "M/G/1 gamma cv=0.5 rho=0.5": ("gamma", 0.5, 1, 0.5, 50_000, 5),
-    "M/G/1 gamma cv=0.5 rho=0.8": ("gamma", 0.5, 1, 0.8, 160_000, 5),
+    "M/D/1 rho=0.5": ("none", 0.0, 1, 0.5, 40_000, 5),
+    "M/D/1 rho=0.8": ("none", 0.0, 1, 0.8, 150_000, 5),
+    "M/M/1 rho=0.5": ("exponential", 1.0, 1, 0.5, 60_000, 5),
+    "M/M/1 rho=0.8": ("exponential", 1.0, 1, 0.8, 250_000, 8),
+    "M/M/2 rho=0.5": ("exponential", 1.0, 2, 0.5, 40_000, 5),
+    "M/M/2 rho=0.8": ("exponential", 1.0, 2, 0.8, 200_000, 5),
+    "M/M/3 rho=0.5": ("exponential", 1.0, 3, 0.5, 40_000, 5),
+    "M/M/3 rho=0.8": ("exponential", 1.0, 3, 0.8, 200_000, 5),
+    "M/G/1 gamma cv=0.5 rho=0.5": ("gamma", 0.5, 1, 0.5, 40_000, 5),
+    "M/G/1 gamma cv=0.5 rho=0.8": ("gamma", 0.5, 1, 0.8, 200_000, 5),
 }
-SLOW = {name for name, c in CASES.items() if c[4] >= 150_000}
 MM_CASES = [name for name, c in CASES.items() if c[0] == "exponential"]
 
 
-def case_params(name):
-    """Marks the long simulations slow (they still run in the default pytest run)."""
-    return [pytest.param(n, id=n, marks=pytest.mark.slow) if n in SLOW else pytest.param(n, id=n) for n in name]
+def case_params(names):
+    return [pytest.param(n, id=n) for n in names]
 
 
 # --------------------------------------------------------------------------- theory, independently
@@ -116,15 +117,56 @@ def scenario(dist, cv, c, rho, requests, reps, seed=SEED, **batching):
     })
 
 
-@functools.lru_cache(maxsize=None)
-def run_case(name):
-    return simulate(scenario(*CASES[name]))
-
-
 def sojourns(tr):
     """Time in system (s) of measured completed requests: latency without overhead (there is none)."""
     m = ~tr.warmup & tr.completed
     return tr.done[m] - tr.arrival[m]
+
+
+def time_average_in_system(arrival, leave, t0, t1):
+    """Integral of N(t) over [t0, t1] / (t1 - t0), by sweeping the sorted arrival/departure events."""
+    times = np.concatenate([arrival, leave])
+    steps = np.concatenate([np.ones(len(arrival)), -np.ones(len(leave))])
+    order = np.argsort(times, kind="stable")
+    times, steps = times[order], steps[order]
+    n = np.cumsum(steps)                 # number in system just after each event
+    before = np.searchsorted(times, t0, side="right")
+    n0 = n[before - 1] if before else 0.0
+    inner = (times > t0) & (times < t1)
+    edges = np.concatenate([[t0], times[inner], [t1]])
+    levels = np.concatenate([[n0], n[inner]])
+    return float(np.sum(levels * np.diff(edges)) / (t1 - t0))
+
+
+@dataclass
+class Rep:
+    """What the tests need from one replication's trace (the traces themselves are not kept)."""
+
+    mean_sojourn_s: float
+    all_completed: bool
+    L: float          # time-average number in system over the measurement window
+    lam: float        # arrivals in the window per second
+    W: float          # mean time in system of those arrivals (s)
+    thinned: np.ndarray  # every 50th sojourn time, for distribution tests
+
+
+@functools.lru_cache(maxsize=None)
+def run_case(name):
+    """Simulate a case once per session; keep the result's summary and per-replication figures."""
+    # A seed per case: cases sharing a seed would share their arrival draws and their errors.
+    res = simulate(scenario(*CASES[name], seed=SEED + list(CASES).index(name)))
+    reps = []
+    for tr in res.traces:
+        m = ~tr.warmup
+        t0, t1 = tr.arrival[m][0], tr.arrival[m][-1]
+        inwin = (tr.arrival >= t0) & (tr.arrival <= t1)
+        soj = sojourns(tr)
+        reps.append(Rep(
+            mean_sojourn_s=float(soj.mean()), all_completed=bool(tr.completed.all()),
+            L=time_average_in_system(tr.arrival, tr.done, t0, t1), lam=float(inwin.sum() / (t1 - t0)),
+            W=float(np.mean(tr.done[inwin] - tr.arrival[inwin])), thinned=soj[::50].copy()))
+    res.traces = []  # ~1 GB over all cases otherwise
+    return res, reps
 
 
 # --------------------------------------------------------------------------- mean latency
@@ -132,7 +174,7 @@ def sojourns(tr):
 
 @pytest.mark.parametrize("name", case_params(CASES))
 def test_mean_latency_matches_theory(name):
-    res = run_case(name)
+    res, reps = run_case(name)
     w = theory_mean_s(name) * 1000.0
     assert res.stable
     assert res.dropped == 0
@@ -140,11 +182,11 @@ def test_mean_latency_matches_theory(name):
     sim = res.latency_ms["mean"]
     assert abs(sim - w) / w <= MEAN_TOL, f"{name}: simulated mean {sim:.3f} ms vs theory {w:.3f} ms"
 
-    # Sizing: the 3 % tolerance is at least three standard errors of the replications' mean.
-    means = np.array([sojourns(tr).mean() * 1000.0 for tr in res.traces])
+    # Sizing (designed for >= 4 standard errors; checked loosely, as 5 replications estimate it roughly).
+    means = np.array([r.mean_sojourn_s * 1000.0 for r in reps])
     k = len(means)
     se = means.std(ddof=1) / math.sqrt(k)
-    assert se / w < MEAN_TOL / 3, f"{name}: the run is too short for a 3 % test (standard error {se / w:.2%})"
+    assert se / w < MEAN_TOL / 2, f"{name}: the run is too short for a 3 % test (standard error {se / w:.2%})"
     # The replications' own 99.9 % interval of the mean contains the exact value (no bias).
     hw = stats.t.ppf(0.9995, k - 1) * se
     assert abs(means.mean() - w) <= hw, f"{name}: theory {w:.3f} outside {means.mean():.3f} +- {hw:.3f}"
@@ -156,7 +198,7 @@ def test_mean_latency_matches_theory(name):
 @pytest.mark.parametrize("name", case_params(CASES))
 def test_throughput_and_utilization_match_offered_load(name):
     dist, cv, c, rho, _, _ = CASES[name]
-    res = run_case(name)
+    res, _ = run_case(name)
     lam = rho * c * MU
     assert res.offered_rps == pytest.approx(lam, rel=0.01)
     assert res.throughput_rps == pytest.approx(lam, rel=0.01)
@@ -177,7 +219,7 @@ def test_percentile_intervals_cover_the_exact_mmc_percentiles():
     for name in MM_CASES:
         _, _, c, rho, _, _ = CASES[name]
         lam = rho * c * MU
-        res = run_case(name)
+        res, _ = run_case(name)
         for p in (50, 90, 95, 99):
             exact = theory_mmc_quantile(p / 100, lam, MU, c) * 1000.0
             if c == 1:
@@ -187,63 +229,40 @@ def test_percentile_intervals_cover_the_exact_mmc_percentiles():
             rows.append((name, p, exact, point, lo, hi))
             # A sane interval: around the point estimate, not degenerate, not uselessly wide.
             assert lo < point < hi, (name, p, lo, point, hi)
-            assert (hi - lo) / 2 / point < 0.06, (name, p, lo, hi)
-            # The point estimate is as good as the mean (3 %), and the exact value lies within
-            # twice the interval's half-width (about 5.5 standard errors with 4-5 replications).
-            assert abs(point - exact) / exact <= MEAN_TOL, (name, p, point, exact)
-            assert abs(point - exact) <= (hi - lo), (name, p, exact, lo, hi)
-    # 95 % intervals: most of them must cover the exact value (all 32 missing by chance is absurd;
-    # a quarter missing means the intervals are too narrow or the estimates biased).
+            assert (hi - lo) / 2 / point < 0.12, (name, p, lo, hi)
+            # The point estimate is as good as the mean (3 %); p99 rests on 1 % of the sample: 6 %.
+            tol = 0.06 if p == 99 else MEAN_TOL
+            assert abs(point - exact) / exact <= tol, (name, p, point, exact)
+    # 95 % intervals: most of them must cover the exact value (a quarter missing means the
+    # intervals are too narrow or the estimates biased; percentiles of one run are correlated,
+    # so this is looser than a binomial bound on 24 independent intervals).
     covered = sum(lo <= exact <= hi for _, _, exact, _, lo, hi in rows)
     assert covered >= 0.75 * len(rows), rows
 
 
-@pytest.mark.slow
 def test_mm1_latency_distribution_is_exponential():
     """Beyond the mean: the whole sojourn distribution of M/M/1 at rho 0.8 is Exp(mu - lambda)."""
     name = "M/M/1 rho=0.8"
-    res = run_case(name)
+    _, reps = run_case(name)
     lam = CASES[name][3] * MU
     # Every 50th request: far enough apart for near-independence at this load.
-    sample = np.concatenate([sojourns(tr) for tr in res.traces])[::50]
+    sample = np.concatenate([r.thinned for r in reps])
     ks = stats.kstest(sample, "expon", args=(0, 1.0 / (MU - lam)))
-    assert ks.statistic < 0.02, ks
+    assert ks.statistic < 0.015, ks
 
 
 # --------------------------------------------------------------------------- Little's law
 
 
-def time_average_in_system(arrival, leave, t0, t1):
-    """Integral of N(t) over [t0, t1] / (t1 - t0), by sweeping the sorted arrival/departure events."""
-    times = np.concatenate([arrival, leave])
-    steps = np.concatenate([np.ones(len(arrival)), -np.ones(len(leave))])
-    order = np.argsort(times, kind="stable")
-    times, steps = times[order], steps[order]
-    n = np.cumsum(steps)                 # number in system just after each event
-    before = np.searchsorted(times, t0, side="right")
-    n0 = n[before - 1] if before else 0.0
-    inner = (times > t0) & (times < t1)
-    edges = np.concatenate([[t0], times[inner], [t1]])
-    levels = np.concatenate([[n0], n[inner]])
-    return float(np.sum(levels * np.diff(edges)) / (t1 - t0))
-
-
 @pytest.mark.parametrize("name", case_params(["M/D/1 rho=0.8", "M/M/1 rho=0.8", "M/M/3 rho=0.8",
                                                "M/G/1 gamma cv=0.5 rho=0.5"]))
 def test_littles_law(name):
-    res = run_case(name)
-    Ls, Ws = [], []
-    for tr in res.traces:
-        assert tr.completed.all()
-        m = ~tr.warmup
-        t0, t1 = tr.arrival[m][0], tr.arrival[m][-1]
-        L = time_average_in_system(tr.arrival, tr.done, t0, t1)
-        inwin = (tr.arrival >= t0) & (tr.arrival <= t1)
-        lam = inwin.sum() / (t1 - t0)
-        W = float(np.mean(tr.done[inwin] - tr.arrival[inwin]))
-        assert abs(L - lam * W) / (lam * W) < LITTLE_TOL, (name, L, lam, W)
-        Ls.append(L)
-        Ws.append(W)
+    res, reps = run_case(name)
+    for r in reps:
+        assert r.all_completed
+        assert abs(r.L - r.lam * r.W) / (r.lam * r.W) < LITTLE_TOL, (name, r.L, r.lam, r.W)
+    Ls = [r.L for r in reps]
+    Ws = [r.W for r in reps]
     # Against the reported throughput and mean latency (overhead is 0: latency is time in system).
     L_mean = float(np.mean(Ls))
     lw = res.throughput_rps * res.latency_ms["mean"] / 1000.0
