@@ -216,7 +216,7 @@ def format_table(res) -> str:
     for k, v in d["latency_ms"].items():
         ci = d["latency_ci_ms"].get(k)
         ci_s = f"[{_ms(ci[0])}, {_ms(ci[1])}]" if ci else ""
-        out.append(f"  {k:14s}{_ms(v):>10s}   {ci_s}")
+        out.append(f"  {k:14s}{_ms(v):>10s}   {ci_s}".rstrip())
     out.append(f"{'throughput':16s}{res.throughput_rps:10.1f} rps  (offered {res.offered_rps:.1f} rps), "
                f"utilization {res.utilization:.1%}")
     drops = ", ".join(f"{k} {v}" for k, v in res.drops_by_reason.items() if v) or "none"
