@@ -58,7 +58,7 @@ def mmc_sojourn(lam: float, mu: float, c: int) -> float:
 
 def capacity_rps(sc: Scenario) -> float:
     """Throughput bound: every instance always busy on full batches, at full contention."""
-    curve = ServiceCurve(sc.service.batch_latency_ms, sc.batching.max_batch_size)
+    curve = ServiceCurve(sc.service.curve_ms(), sc.batching.max_batch_size)
     factor = contention_table(sc.service, sc.instances)[sc.instances]
     return curve.capacity_rps(sc.instances, contention=float(factor))
 
@@ -80,9 +80,9 @@ class Napkin:
 def napkin(sc: Scenario) -> Napkin:
     """max queue delay + pre/post + overhead + compute(B), as in the seed's worked example 1."""
     B = sc.batching.max_batch_size
-    compute = sc.service.batch_latency_ms.get(B)
+    compute = sc.service.curve_ms().get(B)
     if compute is None:
-        compute = ServiceCurve(sc.service.batch_latency_ms, B).mean_s(B) * 1000.0
+        compute = ServiceCurve(sc.service.curve_ms(), B).mean_s(B) * 1000.0
     s = sc.service
     prepost = s.preprocess.ms + s.postprocess.ms
     lat = sc.batching.max_queue_delay_ms + prepost + s.overhead_ms + compute
@@ -132,9 +132,10 @@ def predicted_mean_latency_ms(sc: Scenario) -> float | None:
     """
     s, b, q = sc.service, sc.batching, sc.queue
     if (b.max_batch_size != 1 or sc.arrivals.process != "poisson" or q.max_size or q.timeout_ms
-            or q.per_source_max_size or q.stride != 1 or s.preprocess.ms or s.postprocess.ms or s.contention):
+            or q.per_source_max_size or q.stride != 1 or s.preprocess.ms or s.postprocess.ms or s.contention
+            or s.variability.distribution == "empirical"):
         return None
-    lam, mean = sc.arrivals.rate_rps, s.batch_latency_ms[1] / 1000.0
+    lam, mean = sc.arrivals.rate_rps, s.curve_ms()[1] / 1000.0
     cv = 1.0 if s.variability.distribution == "exponential" else s.variability.cv
     try:
         if sc.instances == 1:

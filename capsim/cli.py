@@ -39,6 +39,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trace-out", metavar="FILE.csv", help="write one row per request (warm-up flagged)")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
+    s.add_argument("--allow-mismatch", action="store_true",
+                   help="use a calibration profile even if its model/hardware differ from the scenario's")
+
+    m = sub.add_parser("models", help="the built-in model zoo: list, or export one to ONNX/TorchScript")
+    m.add_argument("action", choices=("list", "export"), nargs="?", default="list")
+    m.add_argument("name", nargs="?", help="model to export")
+    m.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    m.add_argument("--out", help="output file (default models/NAME.onnx or .pt)")
+
+    c = sub.add_parser("calibrate", help="time a real model at each batch size and write a calibration profile")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="built-in model (capsim models list)")
+    src.add_argument("--model-file", help="your own model.onnx or TorchScript .pt")
+    src.add_argument("--from-perf-analyzer", nargs="+", metavar="CSV[@B]",
+                     help="build the profile from Triton perf_analyzer CSV files instead of measuring")
+    c.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    c.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    c.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    c.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated batch sizes (default 1,2,4,8)")
+    c.add_argument("--input-shape", help="CxHxW, e.g. 3x224x224 (default: the model's)")
+    c.add_argument("--task", choices=("classification", "detection", "segmentation"),
+                   help="post-processing to time for --model-file (default classification)")
+    c.add_argument("--threads", type=int, help="intra-op threads (default: all logical CPUs)")
+    c.add_argument("--instances", help="instance counts for the contention table, e.g. 1,2,3,4")
+    c.add_argument("--max-seconds", type=float, default=20.0, help="time cap per batch size (default 20)")
+    c.add_argument("--target-ci", type=float, default=2.0, help="stop when the median's 95%% CI is within this %%")
+    c.add_argument("--no-prepost", action="store_true", help="skip timing JPEG decode and post-processing")
+    c.add_argument("--model-name", help="model name recorded in an imported profile")
+    c.add_argument("--hardware", help="hardware recorded in an imported profile")
+    c.add_argument("--out", required=True, help="profile JSON to write, e.g. calibration/resnet18.json")
+    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    pr = sub.add_parser("profile", help="show a calibration profile, or compare two")
+    pr.add_argument("action", choices=("show", "compare"))
+    pr.add_argument("files", nargs="+", help="profile JSON file(s)")
+    pr.add_argument("--format", choices=("table", "json"), default="table")
+
     sc = sub.add_parser("scenarios", help="list the built-in scenarios, show one, or list every scenario field")
     sc.add_argument("action", nargs="?", choices=("list", "show", "fields"), default="list")
     sc.add_argument("name", nargs="?", help="scenario to show")
@@ -53,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_simulate(args)
         if args.command == "scenarios":
             return cmd_scenarios(args)
+        if args.command == "models":
+            return cmd_models(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
+        if args.command == "profile":
+            return cmd_profile(args)
         parser.print_help()
         return 2
     except CapsimError as exc:
@@ -109,6 +152,171 @@ def fields_table() -> str:
     return "\n".join(rows)
 
 
+# --------------------------------------------------------------------------- models, calibrate, profile
+
+
+def cmd_models(args) -> int:
+    from capsim.calibrate import require
+
+    require("torch")
+    from capsim.calibrate import zoo
+
+    if args.action == "list":
+        for name in zoo.names():
+            spec = zoo.MODELS[name]
+            shape = "x".join(map(str, spec.input_shape))
+            print(f"{name:22s} {spec.task:15s} {shape:12s} {spec.description}")
+        return 0
+    if args.name not in zoo.MODELS:
+        raise CapsimError(f"name: no built-in model {args.name!r}; choose one of {', '.join(zoo.names())}")
+    from capsim.calibrate.export import export_onnx, export_torchscript
+
+    out = args.out or f"models/{args.name}.{'onnx' if args.format == 'onnx' else 'pt'}"
+    model, shape = zoo.build(args.name), zoo.MODELS[args.name].input_shape
+    path = export_onnx(model, out, shape) if args.format == "onnx" else export_torchscript(model, out, shape)
+    print(f"wrote {path} ({args.format}, dynamic batch axis, input {'x'.join(map(str, shape))})")
+    return 0
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CapsimError(f"{option}: must be whole numbers separated by commas, e.g. 1,2,4,8; got {text!r}") \
+            from None
+    if not values or min(values) < 1:
+        raise CapsimError(f"{option}: must be whole numbers >= 1, e.g. 1,2,4,8; got {text!r}")
+    return values
+
+
+def cmd_calibrate(args) -> int:
+    from capsim.profile import from_perf_analyzer
+
+    if args.from_perf_analyzer:
+        data = from_perf_analyzer(args.from_perf_analyzer, model=args.model_name or "imported",
+                                  hardware=args.hardware or "")
+    else:
+        from capsim.calibrate.run import calibrate
+
+        shape = None
+        if args.input_shape:
+            try:
+                shape = tuple(int(v) for v in args.input_shape.lower().split("x"))
+            except ValueError:
+                shape = ()
+            if len(shape) != 3 or min(shape) < 1:
+                raise CapsimError(f"--input-shape: must be CxHxW, e.g. 3x224x224; got {args.input_shape!r}")
+        if args.max_seconds <= 0:
+            raise CapsimError(f"--max-seconds: must be > 0, got {args.max_seconds:g}")
+        if args.threads is not None and args.threads < 1:
+            raise CapsimError(f"--threads: must be >= 1, got {args.threads}")
+        show = not args.quiet
+
+        def progress(msg: str) -> None:
+            if show:
+                print(f"\r\033[K[{args.model or args.model_file}] {msg}", end="", file=sys.stderr, flush=True)
+
+        data = calibrate(model=args.model, model_file=args.model_file, backend=args.backend, device=args.device,
+                         precision=args.precision, batch_sizes=_int_list(args.batch_sizes, "--batch-sizes"),
+                         input_shape=shape, task=args.task, threads=args.threads,
+                         instances=_int_list(args.instances, "--instances") if args.instances else None,
+                         max_seconds=args.max_seconds, target_ci_pct=args.target_ci, prepost=not args.no_prepost,
+                         progress=progress)
+        if show:
+            print(file=sys.stderr)
+    from capsim.profile import Profile
+
+    out = args.out
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as fh:
+            fh.write(Profile(data, out).to_json() + "\n")
+    except OSError as exc:
+        raise CapsimError(f"--out: cannot write {out}: {exc.strerror}") from None
+    print(profile_table(Profile(data, out)))
+    print(f"wrote {out}")
+    return 0
+
+
+def profile_table(prof) -> str:
+    """The summary a person reads: fingerprint, then batch, median, p95, p99, CI, images/s, stable."""
+    m, h = prof.model, prof.hardware
+    out = [f"profile: {prof.label}",
+           f"  model {m['name']} ({m.get('task')}, input {m.get('input_shape')}), {m['backend']} "
+           f"{m.get('backend_version') or ''} {m.get('provider') or ''}, {m['precision']}",
+           f"  hardware: {h.get('cpu_model')}, {h.get('logical_cpus')} logical CPUs, {h.get('threads_used')} threads"
+           + (f"; GPU {h.get('gpu_name')} driver {h.get('gpu_driver')} CUDA {h.get('cuda_version')}"
+              if h.get("gpu_name") and h.get("device") == "cuda" else "")
+           + (f"; measured {prof.data.get('date')}" if prof.data.get("date") else ""),
+           "", f"{'batch':>6s} {'median ms':>10s} {'p95 ms':>9s} {'p99 ms':>9s} {'95% CI of median':>20s} "
+               f"{'images/s':>10s}  stable"]
+
+    def f(v, w=9, d=3):
+        return f"{v:{w}.{d}f}" if isinstance(v, (int, float)) else f"{'-':>{w}s}"
+
+    for b in prof.batches:
+        ci = b.get("ci_ms")
+        ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        stable = {True: "yes", False: "NO", None: "-"}[b.get("stable")]
+        out.append(f"{b['batch_size']:6d} {f(b['median_ms'], 10)} {f(b.get('p95_ms'))} {f(b.get('p99_ms'))} "
+                   f"{ci_s:>20s} {f(b.get('images_per_s'), 10, 1)}  {stable}")
+    for fail in prof.data.get("failures") or []:
+        out.append(f"{fail['batch_size']:6d} failed: {fail['error']}")
+    for stage in ("preprocess", "postprocess"):
+        st = prof.data.get(stage)
+        if st:
+            out.append(f"{stage}: median {st['median_ms']:.3f} ms, p95 {st.get('p95_ms', float('nan')):.3f} ms "
+                       f"({st.get('what', 'per image')})")
+    cont = prof.contention()
+    if cont:
+        c = prof.data["contention"]
+        out.append(f"contention (batch {c.get('batch_size')}, {c.get('method')}): "
+                   + ", ".join(f"{k} busy x{v:.2f}" for k, v in sorted(cont.items())))
+    fid = prof.data.get("fidelity")
+    if fid:
+        out.append(f"fidelity vs FP32 (same weights, same inputs): top-1 agreement {fid['top1_agreement']:.1%}, "
+                   f"cosine {fid['cosine_similarity']:.4f}, max |diff| {fid['max_abs_diff']:.4g}")
+    return "\n".join(out)
+
+
+def cmd_profile(args) -> int:
+    from capsim.profile import load_profile
+
+    profs = [load_profile(f) for f in args.files]
+    if args.action == "show":
+        if len(profs) != 1:
+            raise CapsimError("files: profile show takes one file")
+        p = profs[0]
+        if args.format == "json":
+            rows = [{k: b.get(k) for k in ("batch_size", "median_ms", "p95_ms", "p99_ms", "ci_ms", "stable")}
+                    for b in p.batches]
+            print(json.dumps(_finite({"model": p.model, "hardware": p.hardware, "batches": rows,
+                                      "preprocess": p.data.get("preprocess"), "postprocess": p.data.get("postprocess"),
+                                      "contention": p.data.get("contention"), "fidelity": p.data.get("fidelity")}),
+                             indent=2))
+        else:
+            print(profile_table(p))
+        return 0
+    if len(profs) != 2:
+        raise CapsimError("files: profile compare takes two files, A and B")
+    a, b = profs
+    ca, cb = a.curve_ms(), b.curve_ms()
+    common = sorted(set(ca) & set(cb))
+    if not common:
+        raise CapsimError("files: the two profiles share no batch size")
+    rows = [{"batch_size": k, "a_median_ms": ca[k], "b_median_ms": cb[k], "ratio_b_over_a": cb[k] / ca[k]}
+            for k in common]
+    if args.format == "json":
+        print(json.dumps({"a": a.label, "b": b.label, "batches": rows}, indent=2))
+        return 0
+    print(f"A: {a.label}\nB: {b.label}\n")
+    print(f"{'batch':>6s} {'A median ms':>12s} {'B median ms':>12s} {'B/A':>7s}  {'B faster by' :>11s}")
+    for r in rows:
+        print(f"{r['batch_size']:6d} {r['a_median_ms']:12.3f} {r['b_median_ms']:12.3f} {r['ratio_b_over_a']:7.3f}  "
+              f"{1 / r['ratio_b_over_a']:10.2f}x")
+    return 0
+
+
 # --------------------------------------------------------------------------- simulate
 
 
@@ -120,6 +328,8 @@ def cmd_simulate(args) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{path}={value}")
+    if args.allow_mismatch:
+        overrides.append("service.allow_mismatch=true")
     sc = load_scenario(args.scenario, overrides)
     show = not args.quiet and sys.stderr.isatty()
 

@@ -24,7 +24,7 @@ import yaml
 from capsim.errors import ScenarioError
 
 ARRIVAL_PROCESSES = ("poisson", "constant", "bursty", "streams", "trace")
-DISTRIBUTIONS = ("none", "exponential", "lognormal", "gamma")
+DISTRIBUTIONS = ("none", "exponential", "lognormal", "gamma", "empirical")
 BATCHING_MODES = ("triton", "timer")
 ON_FULL = ("reject", "drop_oldest")
 
@@ -93,7 +93,8 @@ class Arrivals:
 class Variability:
     """Spread of a batch's service time around the curve value (its mean)."""
 
-    distribution: str = spec("none", "service-time distribution around the mean", choices=DISTRIBUTIONS)
+    distribution: str = spec("none", "service-time distribution around the mean; empirical resamples the "
+                             "calibration profile's measured samples", choices=DISTRIBUTIONS)
     cv: float = spec(0.0, "coefficient of variation (std / mean); exponential is always 1", ge=0, ui_max=2)
 
 
@@ -114,7 +115,11 @@ class Service:
         unit="ms",
         factory=dict,
     )
-    profile: str | None = spec(None, "calibration profile JSON (arrives with `capsim calibrate`)")
+    profile: str | None = spec(None, "calibration profile JSON from capsim calibrate (instead of batch_latency_ms)")
+    model: str | None = spec(None, "model the scenario is about; a profile of another model is refused")
+    hardware: str | None = spec(None, "hardware the scenario is about (text found in the profile's CPU/GPU name); "
+                                "a profile from other hardware is refused")
+    allow_mismatch: bool = spec(False, "use the profile even if its model or hardware differ from the declared ones")
     variability: Variability = spec(help="service-time variability", factory=Variability)
     overhead_ms: float = spec(
         0.0, "fixed per-request time outside the model (network, pre/post) with no contention", unit="ms", ge=0,
@@ -126,6 +131,14 @@ class Service:
         help="slowdown factor of a batch by the number of instances busy on the device (1 is always 1.0)",
         factory=dict,
     )
+    # The loaded calibration profile, when `profile` is set; not a user field.
+    loaded_profile: Any = field(default=None, repr=False, compare=False, metadata={"internal": True})
+
+    def curve_ms(self) -> dict[int, float]:
+        """Mean compute time by batch size: typed in, or the profile's medians."""
+        if self.loaded_profile is not None:
+            return self.loaded_profile.curve_ms()
+        return self.batch_latency_ms
 
 
 @dataclass
@@ -374,7 +387,37 @@ def _build(cls: type, data: dict, path: str, problems: list[str]) -> Any:
 # --------------------------------------------------------------------------- cross-field rules
 
 
-def _check_scenario(sc: Scenario, problems: list[str]) -> None:
+def _use_profile(sc: Scenario, base_dir: str | Path, problems: list[str]) -> None:
+    """Load ``service.profile`` and take from it what the scenario leaves open."""
+    from capsim.profile import ProfileError, load_profile, mismatch
+
+    s = sc.service
+    if s.batch_latency_ms:
+        problems.append("service.batch_latency_ms: give either batch_latency_ms or profile, not both")
+        return
+    path = Path(s.profile)
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    try:
+        prof = load_profile(path)
+    except ProfileError as exc:
+        problems.append(f"service.profile: {exc}")
+        return
+    why = mismatch(prof, s.model, s.hardware)
+    if why and not s.allow_mismatch:
+        problems.append(f"service.profile: {why}; re-calibrate on the declared hardware, or pass --allow-mismatch")
+        return
+    s.loaded_profile = prof
+    # Stages and contention the scenario leaves at their defaults come from the measurement.
+    for stage in ("preprocess", "postprocess"):
+        ms = prof.stage_ms(stage)
+        if ms is not None and getattr(s, stage).ms == 0:
+            getattr(s, stage).ms = round(ms, 4)
+    if not s.contention and prof.contention():
+        s.contention = {k: v for k, v in prof.contention().items() if k > 1}
+
+
+def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".") -> None:
     a = sc.arrivals
     needs = {
         "poisson": {"rate_rps"},
@@ -394,26 +437,38 @@ def _check_scenario(sc: Scenario, problems: list[str]) -> None:
             problems.append(f"arrivals.streams[{i}]: must be a mapping like {{count: 6, fps: 25}}")
 
     s = sc.service
-    curve = s.batch_latency_ms
     if s.profile is not None:
-        problems.append("service.profile: calibration profiles are not supported yet; give service.batch_latency_ms")
-    elif not curve:
-        problems.append("service.batch_latency_ms: required; give the compute time per batch size, e.g. {1: 25, 8: 48}")
+        _use_profile(sc, base_dir, problems)
+    curve = s.curve_ms()
+    if s.profile is None and not curve:
+        problems.append("service.batch_latency_ms: required; give the compute time per batch size, e.g. {1: 25, 8: 48}, "
+                        "or a calibration profile as service.profile")
     for b, ms in curve.items():
         if b < 1:
             problems.append(f"service.batch_latency_ms.{b}: batch sizes must be >= 1, got {b}")
         if not ms > 0:
             problems.append(f"service.batch_latency_ms.{b}: must be > 0 ms, got {_num(ms)}")
+    where = "the calibration profile" if s.profile else "service.batch_latency_ms"
     if curve and 1 not in curve:
-        problems.append(f"service.batch_latency_ms: must include batch size 1 (a batch of one can always form); "
+        problems.append(f"{'service.profile' if s.profile else 'service.batch_latency_ms'}: must include batch size 1 (a batch of one can always form); "
                         f"measured sizes are {', '.join(map(str, curve))}")
     if curve and sc.batching.max_batch_size > max(curve):
         problems.append(
             f"batching.max_batch_size: {sc.batching.max_batch_size} is above the largest measured batch size "
-            f"{max(curve)} in service.batch_latency_ms; lower it or add that batch size's time"
+            f"{max(curve)} in {where}; lower it or {'calibrate' if s.profile else 'add'} that batch size"
         )
     v = s.variability
-    if v.distribution == "none" and v.cv > 0:
+    if v.distribution == "empirical":
+        if s.loaded_profile is None:
+            if s.profile is None:
+                problems.append("service.variability.distribution: empirical resamples a calibration profile's "
+                                "samples; set service.profile or pick lognormal/gamma")
+        elif not s.loaded_profile.samples_ms():
+            problems.append(f"service.variability.distribution: the profile {s.profile} stores no samples "
+                            "(imported averages); use none, lognormal or gamma")
+        if v.cv:
+            problems.append("service.variability.cv: not used with empirical (the samples give the spread); remove it")
+    elif v.distribution == "none" and v.cv > 0:
         problems.append(f"service.variability.cv: {v.cv:g} has no effect with distribution none; "
                         "set distribution to lognormal or gamma, or cv to 0")
     if v.distribution in ("lognormal", "gamma") and v.cv == 0:
@@ -458,7 +513,7 @@ def parse_scenario(data: Any, base_dir: str | Path = ".") -> Scenario:
     problems: list[str] = []
     sc = _build(Scenario, data, "", problems)
     if not problems:
-        _check_scenario(sc, problems)
+        _check_scenario(sc, problems, base_dir)
     if problems:
         raise ScenarioError(problems)
     sc.base_dir = str(base_dir)

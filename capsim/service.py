@@ -41,10 +41,16 @@ class ServiceCurve:
 
 
 def variability_sampler(v: Variability):
-    """A function ``(rng, k) -> k multipliers`` with mean 1 and the configured coefficient of variation."""
+    """A function ``(rng, k) -> k multipliers`` with mean 1 and the configured coefficient of variation.
+
+    For ``empirical`` it draws k uniforms in [0, 1); :func:`empirical_ratios` turns each into a
+    measured sample of the batch's size.
+    """
     cv = v.cv
     if v.distribution == "none":
         return None
+    if v.distribution == "empirical":
+        return lambda rng, k: rng.random(k)
     if v.distribution == "exponential":
         return lambda rng, k: rng.exponential(1.0, k)
     if v.distribution == "gamma":
@@ -75,4 +81,20 @@ def contention_table(service: Service, instances: int) -> np.ndarray:
     ks = sorted(points)
     table = np.ones(instances + 1)
     table[1:] = np.interp(np.arange(1, instances + 1), ks, [points[k] for k in ks])
+    return table
+
+
+def empirical_ratios(samples_ms: dict[int, np.ndarray], curve: ServiceCurve) -> list[np.ndarray | None]:
+    """For each batch size b (index b), measured samples divided by the curve's value at b.
+
+    Sizes that were not measured borrow the relative spread of the nearest measured size below
+    (above for sizes under the smallest), so the curve sets the mean level and the samples the shape.
+    """
+    measured = sorted(samples_ms)
+    table: list[np.ndarray | None] = [None]
+    for b in range(1, curve.max_batch + 1):
+        below = [m for m in measured if m <= b]
+        m = below[-1] if below else measured[0]
+        s = np.sort(samples_ms[m])
+        table.append(s / np.median(s))
     return table

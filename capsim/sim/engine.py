@@ -16,7 +16,7 @@ import simpy
 
 from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario
-from capsim.service import ServiceCurve, contention_table, variability_sampler
+from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim.batcher import TimerBatcher, TritonBatcher
 from capsim.sim.queue import (
     DROPPED, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
@@ -65,11 +65,14 @@ class SimPyEngine:
 
     def __init__(self, scenario: Scenario):
         self.sc = scenario
-        self.curve = ServiceCurve(scenario.service.batch_latency_ms, scenario.batching.max_batch_size)
+        self.curve = ServiceCurve(scenario.service.curve_ms(), scenario.batching.max_batch_size)
         # Python lists: read once per batch on the hot path, where numpy scalars are slow.
         self.mean_ns = (self.curve.seconds * NS).tolist()
         self.contention = contention_table(scenario.service, scenario.instances).tolist()
         self.sampler = variability_sampler(scenario.service.variability)
+        self.empirical = None
+        if scenario.service.variability.distribution == "empirical":
+            self.empirical = empirical_ratios(scenario.service.loaded_profile.samples_ms(), self.curve)
 
     def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
         return _Run(self, arrivals, service_rng).result()
@@ -194,7 +197,11 @@ class _Run:
         if eng.sampler is None:
             dt = round(eng.mean_ns[b] * eng.contention[self.busy])
         else:
-            dt = round(eng.mean_ns[b] * self._multiplier() * eng.contention[self.busy])
+            m = self._multiplier()
+            if eng.empirical is not None:  # m is a uniform draw: pick a measured sample of this size
+                ratios = eng.empirical[b]
+                m = ratios[int(m * len(ratios))]
+            dt = round(eng.mean_ns[b] * m * eng.contention[self.busy])
         self.b_dispatch.append(now)
         self.b_end.append(now + dt)
         self.b_size.append(b)
