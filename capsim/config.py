@@ -201,7 +201,7 @@ class Scenario:
     slo: SLO | None = spec(None, "service-level objective (optional)")
     run: Run = spec(help="run length and seeds", factory=Run)
     # Directory that relative paths (trace files) are resolved against; not a user field.
-    base_dir: str = field(default=".", metadata={"internal": True})
+    base_dir: str = field(default=".", compare=False, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-ready) for this scenario, without internal fields."""
@@ -397,7 +397,13 @@ def _use_profile(sc: Scenario, base_dir: str | Path, problems: list[str]) -> Non
         return
     path = Path(s.profile)
     if not path.is_absolute():
+        from capsim.scenarios import project_dir
+
+        # Relative to the scenario file; failing that, to the checkout that ships calibration/.
         path = Path(base_dir) / path
+        shipped = project_dir() / s.profile
+        if not path.exists() and shipped.exists():
+            path = shipped
     try:
         prof = load_profile(path)
     except ProfileError as exc:

@@ -104,7 +104,7 @@ def _percentile_ci(groups: list[np.ndarray], pooled: np.ndarray, q: float) -> tu
     from scipy import stats  # imported here: scipy.stats costs ~1 s at start-up
 
     hw = float(stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals)))
-    return point, [point - hw, point + hw]
+    return point, [max(point - hw, 0.0), point + hw]  # a latency is never negative
 
 
 def _groups(traces: list[ReplicationTrace]) -> list[np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
@@ -24,3 +25,9 @@ def text(name: str) -> str:
 def data(name: str) -> dict:
     """The plain data of a built-in scenario."""
     return yaml.safe_load(text(name))
+
+
+def project_dir() -> Path:
+    """The checkout capsim runs from (it holds the shipped calibration/ profiles that built-in
+    scenarios refer to); meaningless for an installed wheel, where those profiles are absent."""
+    return Path(__file__).resolve().parents[2]
