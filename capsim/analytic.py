@@ -5,7 +5,6 @@ All functions take and return seconds and requests per second unless named ``_ms
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

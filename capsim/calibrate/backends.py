@@ -392,31 +392,10 @@ def _full_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _export_module(module: Any, path: Path, input_shape: Sequence[int]) -> Path:
-    """FP32 ONNX export: capsim.calibrate.export when present, else the legacy exporter."""
-    shape = _full_shape(input_shape)
-    try:
-        from capsim.calibrate.export import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        result = export_onnx(module, path, tuple(input_shape))
-        return Path(result) if result is not None else path
-    torch = _require("torch")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(shape, dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            (dummy,),
-            str(path),
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=17,
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            dynamo=False,
-        )
-    return path
+    """FP32 ONNX export of a torch module (dynamic batch axis), via capsim.calibrate.export."""
+    from capsim.calibrate.export import export_onnx
+
+    return Path(export_onnx(module, path, tuple(input_shape)))
 
 
 def _onnx_input_shape(path: Path) -> tuple[int, ...] | None:
