@@ -104,3 +104,18 @@ def test_bad_calibrate_options_exit_2_with_one_line(tmp_path, argv, field):
     r = subprocess.run([sys.executable, "-m", "capsim.cli", "calibrate", *argv, "--out", str(tmp_path / "o.json"),
                         "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and field in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bring_your_own_onnx_file_through_the_cli(tmp_path):
+    onnx_path = tmp_path / "models" / "tiny.onnx"
+    r = subprocess.run([sys.executable, "-m", "capsim.cli", "models", "export", "tiny_cnn", "--format", "onnx",
+                        "--out", str(onnx_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and onnx_path.exists(), r.stderr
+    out = tmp_path / "own.json"
+    r = subprocess.run([sys.executable, "-m", "capsim.cli", "calibrate", "--model-file", str(onnx_path),
+                        "--input-shape", "3x32x32", "--batch-sizes", "1,2", "--max-seconds", "1", "--target-ci", "5",
+                        "--no-prepost", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    prof = load_profile(out)
+    assert prof.model["source"] == "file:tiny.onnx" and prof.model["input_shape"] == [3, 32, 32]
+    assert sorted(prof.curve_ms()) == [1, 2] and prof.data["preprocess"] is None
