@@ -59,22 +59,6 @@ class RequestQueue:
             self.src_fifo[s].append(i)
         return i
 
-    def push_until(self, t: float) -> None:
-        """Enqueue every arrival with entry time <= t (no caps or timeouts in force)."""
-        nxt = self.nxt
-        if nxt >= self.n or self.entry_at[nxt] > t:
-            return
-        if nxt + 1 >= self.n or self.entry_at[nxt + 1] > t:  # the common case: one new arrival
-            self.status[self.order[nxt]] = QUEUED
-            self.qlen += 1
-            self.nxt = nxt + 1
-            return
-        end = bisect_right(self.entry_at, t, nxt)
-        if end > self.nxt:
-            self.status[self.order[self.nxt:end]] = QUEUED
-            self.qlen += end - self.nxt
-            self.nxt = end
-
     def reject_next(self, reason: int, t: float) -> None:
         """The next arrival is turned away at time t."""
         i = int(self.order[self.nxt])
@@ -155,6 +139,7 @@ class ContiguousQueue(RequestQueue):
     contiguous = True
 
     def push_until(self, t: float) -> None:
+        """Enqueue every arrival with entry time <= t: a pointer move (bisect when several arrived)."""
         at, nxt = self.entry_at, self.nxt
         if nxt >= self.n or at[nxt] > t:
             return
