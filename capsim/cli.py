@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trace-out", metavar="FILE.csv", help="write one row per request (warm-up flagged)")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
+    s.add_argument("--engine", choices=("auto", "simpy", "fast"), default="auto",
+                   help="simpy: the reference engine; fast: compiled, identical results where supported; "
+                        "auto (default): fast when the scenario allows it")
     s.add_argument("--allow-mismatch", action="store_true",
                    help="use a calibration profile even if its model/hardware differ from the scenario's")
 
@@ -338,7 +341,7 @@ def cmd_simulate(args) -> int:
             end = "\n" if done == total else ""
             print(f"\rsimulating {sc.name}: replication {done}/{total}", end=end, file=sys.stderr, flush=True)
 
-    res = simulate(sc, progress=progress)
+    res = simulate(sc, progress=progress, engine=args.engine)
     if args.trace_out:
         write_trace(res, args.trace_out)
     if args.format == "json":

@@ -9,6 +9,7 @@ import numpy as np
 from capsim.arrivals import generate
 from capsim.config import Scenario
 from capsim.metrics import SimulationResult, summarize
+from capsim.errors import CapsimError, ScenarioError
 from capsim.sim.engine import ReplicationTrace, SimPyEngine
 
 
@@ -18,7 +19,7 @@ def replication_seeds(seed: int, replications: int) -> list[tuple[np.random.Seed
     return [tuple(rep.spawn(2)) for rep in root.spawn(replications)]
 
 
-def run_replication(sc: Scenario, rep: int, engine: SimPyEngine | None = None) -> ReplicationTrace:
+def run_replication(sc: Scenario, rep: int, engine=None) -> ReplicationTrace:
     """One replication of ``sc`` (0-based ``rep``), reproducible from the scenario's seed alone."""
     engine = engine or SimPyEngine(sc)
     arr_ss, svc_ss = replication_seeds(sc.run.seed, rep + 1)[rep]
@@ -26,16 +27,35 @@ def run_replication(sc: Scenario, rep: int, engine: SimPyEngine | None = None) -
     return engine.run(arrivals, np.random.default_rng(svc_ss))
 
 
-def simulate(sc: Scenario, progress: Callable[[int, int], None] | None = None) -> SimulationResult:
+ENGINES = ("auto", "simpy", "fast")
+
+
+def make_engine(sc: Scenario, engine: str = "auto"):
+    """The engine to run ``sc`` on: ``simpy`` (the reference), ``fast`` (compiled, identical results
+    for the topologies it supports) or ``auto`` (fast when it supports the scenario, else simpy)."""
+    if engine not in ENGINES:
+        raise CapsimError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "simpy":
+        return SimPyEngine(sc)
+    from capsim.sim.fast import FastEngine, unsupported_features
+
+    missing = unsupported_features(sc)
+    if engine == "fast" and missing:
+        raise CapsimError(f"--engine fast: the fast engine does not model {', '.join(missing)}; "
+                          "use --engine simpy or auto")
+    return SimPyEngine(sc) if missing else FastEngine(sc)
+
+
+def simulate(sc: Scenario, progress: Callable[[int, int], None] | None = None,
+             engine: str = "auto") -> SimulationResult:
     """Simulate every replication of ``sc`` and summarise; ``progress(done, total)`` is called after each."""
-    engine = SimPyEngine(sc)
+    engine = make_engine(sc, engine)
     traces = []
     for rep in range(sc.run.replications):
         traces.append(run_replication(sc, rep, engine))
         if progress:
             progress(rep + 1, sc.run.replications)
     if len(traces[0].arrival) <= sc.run.warmup_requests:
-        from capsim.errors import ScenarioError
         raise ScenarioError([f"run.warmup_requests: the arrivals hold only {len(traces[0].arrival)} requests, "
                              f"not more than the {sc.run.warmup_requests} of warm-up; lower run.warmup_requests"])
     return summarize(sc, traces, engine.name)

@@ -58,6 +58,18 @@ class ReplicationTrace:
         return self.drop_reason == 0
 
 
+class _Completion(simpy.events.Event):
+    """An instance finishing its batch. Scheduled URGENT, so that at one instant every completion
+    runs before any batch decision (decision wakes are NORMAL timeouts): the decision then sees
+    every instance that is idle at that instant, and the lowest-index one gets the batch."""
+
+    def __init__(self, env: simpy.Environment, delay: int, inst: int):
+        super().__init__(env)
+        self._ok = True
+        self._value = inst
+        env.schedule(self, simpy.core.URGENT, delay)
+
+
 class SimPyEngine:
     """Runs one replication of a scenario on SimPy."""
 
@@ -155,8 +167,8 @@ class _Run:
         self.busy -= 1
         heapq.heappush(self.idle, inst)
         self.idle_since[inst] = self.env.now
-        # When another event falls on this very instant (say a second instance finishing), decide
-        # after it has run, so that the lowest-index idle instance gets the batch.
+        # When another event falls on this very instant (a second instance finishing, or a wake),
+        # decide in a NORMAL wake, which runs after every (URGENT) completion of this instant.
         if self.env.peek() == self.env.now:
             self._wake_at(self.env.now)
         else:
@@ -210,8 +222,7 @@ class _Run:
             self.b_mark.append(self.batcher.close_times[-1])
         else:
             self.b_mark.append(self.idle_since[inst])
-        ev = self.env.timeout(dt, value=inst)
-        ev.callbacks.append(self._on_done)
+        _Completion(self.env, dt, inst).callbacks.append(self._on_done)
 
     # -- run and collect
     def result(self) -> ReplicationTrace:

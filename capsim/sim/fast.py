@@ -1,0 +1,532 @@
+"""A compiled (numba) engine that reproduces the SimPy reference engine request for request.
+
+The event loop below is a line-by-line port of :mod:`capsim.sim.engine`, :mod:`capsim.sim.batcher`
+and :mod:`capsim.sim.queue` onto numpy arrays: the same lazy admission, the same SimPy event
+order (a heap keyed on (time, priority, scheduling order), as SimPy keys its own queue), the same
+``wake_pending`` bookkeeping, so that every per-request field comes out identical, ties included.
+
+Supported: one queue, triton batching (with ``preferred_batch_sizes``) and timer batching, N
+instances with contention, queue caps (reject / drop_oldest), queue timeouts, per-request
+overhead, pre/post stages and service variability (none, exponential, gamma, lognormal: the
+multipliers are drawn up front from the service generator in the SimPy engine's chunks of 4096,
+and consumed in batch-dispatch order). Not supported (see :func:`unsupported_features`): per-source
+caps, stride > 1, empirical variability; :class:`FastEngine` hands such scenarios to
+:class:`~capsim.sim.engine.SimPyEngine` (or refuses them with ``fallback=False``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from capsim.arrivals import ArrivalStream
+from capsim.config import Scenario
+from capsim.service import ServiceCurve, contention_table, variability_sampler
+from capsim.sim.engine import _DRAW_CHUNK, NS, ReplicationTrace, SimPyEngine
+from capsim.sim.stages import fifo_pool
+
+# Request status, as in capsim.sim.queue.
+_PENDING, _QUEUED, _DISPATCHED, _DROPPED = 0, 1, 2, 3
+# Drop reasons, as in capsim.sim.queue.DROP_REASONS.
+_REJECTED, _DROPPED_OLDEST, _TIMEOUT = 1, 2, 3
+
+
+def unsupported_features(sc: Scenario) -> list[str]:
+    """What in ``sc`` the fast engine cannot run (empty when it can)."""
+    out = []
+    if sc.queue.per_source_max_size > 0:
+        out.append("queue.per_source_max_size")
+    if sc.queue.stride > 1:
+        out.append("queue.stride")
+    if sc.service.variability.distribution == "empirical":
+        out.append("service.variability.distribution: empirical")
+    return out
+
+
+# --------------------------------------------------------------------------- the compiled loop
+
+
+@njit(cache=True)
+def _hpush(ht, he, hv, size, t, e, v):
+    """Push (t, e) -> v on a binary min-heap keyed on (time, e); e = priority offset + eid."""
+    i = size
+    ht[i] = t
+    he[i] = e
+    hv[i] = v
+    while i > 0:
+        p = (i - 1) >> 1
+        if ht[p] < ht[i] or (ht[p] == ht[i] and he[p] < he[i]):
+            break
+        ht[p], ht[i] = ht[i], ht[p]
+        he[p], he[i] = he[i], he[p]
+        hv[p], hv[i] = hv[i], hv[p]
+        i = p
+    return size + 1
+
+
+@njit(cache=True)
+def _hpop(ht, he, hv, size):
+    """Remove the root (the caller read it first); returns the new size."""
+    size -= 1
+    ht[0] = ht[size]
+    he[0] = he[size]
+    hv[0] = hv[size]
+    i = 0
+    while True:
+        l = 2 * i + 1
+        if l >= size:
+            break
+        m = l
+        r = l + 1
+        if r < size and (ht[r] < ht[l] or (ht[r] == ht[l] and he[r] < he[l])):
+            m = r
+        if ht[i] < ht[m] or (ht[i] == ht[m] and he[i] < he[m]):
+            break
+        ht[m], ht[i] = ht[i], ht[m]
+        he[m], he[i] = he[i], he[m]
+        hv[m], hv[i] = hv[i], hv[m]
+        i = m
+    return size
+
+
+@njit(cache=True)
+def _oldest(status, head):
+    """Position of the oldest queued request (the queue must be non-empty), scanning from ``head``."""
+    h = head
+    while status[h] != 1:
+        h += 1
+    return h
+
+
+@njit(cache=True)
+def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, mean_ns, contention,
+              mult, use_mult, status, drop_reason, drop_t, batch_of,
+              b_dispatch, b_end, b_size, b_inst, b_mark):
+    """Run the whole replication; fills the per-request and per-batch arrays, returns the batch count.
+
+    ``entry``: entry time (ns) of each request, in queue (position) order; ``timeout`` < 0: none;
+    ``max_size`` 0: no cap; ``preferred``: preferred batch sizes, largest first.
+    """
+    INF = np.int64(1) << np.int64(62)
+    n = entry.shape[0]
+    has_timeout = timeout >= 0
+    simple_cap = max_size > 0
+    npref = preferred.shape[0]
+
+    # the queue
+    nxt = 0
+    head = 0
+    qlen = 0
+    # timer batcher: the open batch starts at open_pos; closed batches are position ranges
+    open_pos = 0
+    c_t = np.empty(n + 1, np.int64)
+    c_lo = np.empty(n + 1, np.int64)
+    c_hi = np.empty(n + 1, np.int64)
+    c_first = 0
+    c_last = 0
+    # instances
+    idle = np.ones(N, np.bool_)
+    n_idle = N
+    idle_since = np.zeros(N, np.int64)
+    busy = 0
+    wake_pending = INF
+    nb = 0
+    mpos = 0
+    # SimPy's event queue: (time, priority, eid) -> -1 (a wake) or the instance that finishes.
+    # Completions are URGENT and wakes NORMAL in the SimPy engine: wakes get WAKE added to their key.
+    WAKE = np.int64(1) << np.int64(50)
+    cap = 2 * N + 64
+    ht = np.empty(cap, np.int64)
+    he = np.empty(cap, np.int64)
+    hv = np.empty(cap, np.int64)
+    size = 0
+    eid = 0
+
+    if n > 0:  # _wake_at(q.next_entry(1))
+        t = entry[0]
+        if t < wake_pending and t < INF:
+            wake_pending = t
+            size = _hpush(ht, he, hv, size, t, eid + WAKE, -1)
+            eid += 1
+
+    while size > 0:
+        now = ht[0]
+        v = hv[0]
+        size = _hpop(ht, he, hv, size)
+        if v < 0:  # _on_wake
+            if now >= wake_pending:
+                wake_pending = INF
+        else:  # _on_done
+            busy -= 1
+            idle[v] = True
+            n_idle += 1
+            idle_since[v] = now
+            if size > 0 and ht[0] == now:
+                if now < wake_pending:  # _wake_at(now)
+                    wake_pending = now
+                    if size + 1 >= cap:
+                        cap *= 2
+                        ht2 = np.empty(cap, np.int64)
+                        he2 = np.empty(cap, np.int64)
+                        hv2 = np.empty(cap, np.int64)
+                        ht2[:size] = ht[:size]
+                        he2[:size] = he[:size]
+                        hv2[:size] = hv[:size]
+                        ht, he, hv = ht2, he2, hv2
+                    size = _hpush(ht, he, hv, size, now, eid + WAKE, -1)
+                    eid += 1
+                continue
+
+        # ---- _decide: advance the batcher (arrivals, closures, drops) up to now
+        if timer:
+            while True:
+                a = entry[nxt] if nxt < n else INF
+                cnt = 0
+                first = -1
+                for p in range(open_pos, nxt):
+                    if status[p] == 1:
+                        if cnt == 0:
+                            first = p
+                        cnt += 1
+                c = entry[first] + D if cnt > 0 else INF
+                d = INF
+                if has_timeout and qlen > 0:
+                    head = _oldest(status, head)
+                    d = entry[head] + timeout
+                if d < a and d < c and d < now:  # expire(d + 1)
+                    while qlen > 0:
+                        head = _oldest(status, head)
+                        dl = entry[head] + timeout
+                        if dl >= d + 1:
+                            break
+                        status[head] = 3
+                        drop_reason[head] = 3
+                        drop_t[head] = dl
+                        qlen -= 1
+                    continue
+                if c < a and c <= now:  # close the open batch at c
+                    c_t[c_last] = c
+                    c_lo[c_last] = open_pos
+                    c_hi[c_last] = nxt
+                    c_last += 1
+                    open_pos = nxt
+                    continue
+                if a <= now:
+                    # intake.one(): admit the next arrival through the cap
+                    admitted = True
+                    if simple_cap and qlen >= max_size:
+                        if drop_oldest:
+                            head = _oldest(status, head)
+                            status[head] = 3
+                            drop_reason[head] = 2
+                            drop_t[head] = a
+                            qlen -= 1
+                        else:
+                            status[nxt] = 3
+                            drop_reason[nxt] = 1
+                            drop_t[nxt] = a
+                            nxt += 1
+                            admitted = False
+                    if admitted:
+                        status[nxt] = 1
+                        nxt += 1
+                        qlen += 1
+                    cnt = 0
+                    for p in range(open_pos, nxt):
+                        if status[p] == 1:
+                            cnt += 1
+                    if cnt >= B:
+                        c_t[c_last] = a
+                        c_lo[c_last] = open_pos
+                        c_hi[c_last] = nxt
+                        c_last += 1
+                        open_pos = nxt
+                    continue
+                break
+        else:
+            # intake.until(now)
+            while nxt < n and entry[nxt] <= now:
+                a = entry[nxt]
+                if has_timeout:  # expire(a): deadlines strictly before a
+                    while qlen > 0:
+                        head = _oldest(status, head)
+                        dl = entry[head] + timeout
+                        if dl >= a:
+                            break
+                        status[head] = 3
+                        drop_reason[head] = 3
+                        drop_t[head] = dl
+                        qlen -= 1
+                admitted = True
+                if simple_cap and qlen >= max_size:
+                    if drop_oldest:
+                        head = _oldest(status, head)
+                        status[head] = 3
+                        drop_reason[head] = 2
+                        drop_t[head] = a
+                        qlen -= 1
+                    else:
+                        status[nxt] = 3
+                        drop_reason[nxt] = 1
+                        drop_t[nxt] = a
+                        nxt += 1
+                        admitted = False
+                if admitted:
+                    status[nxt] = 1
+                    nxt += 1
+                    qlen += 1
+            if has_timeout:  # expire(now)
+                while qlen > 0:
+                    head = _oldest(status, head)
+                    dl = entry[head] + timeout
+                    if dl >= now:
+                        break
+                    status[head] = 3
+                    drop_reason[head] = 3
+                    drop_t[head] = dl
+                    qlen -= 1
+
+        # ---- dispatch while an instance is idle and a batch is ready
+        while n_idle > 0:
+            k = 0
+            mark = 0
+            if timer:
+                while c_first < c_last:
+                    lo = c_lo[c_first]
+                    hi = c_hi[c_first]
+                    ct = c_t[c_first]
+                    c_first += 1
+                    for p in range(lo, hi):
+                        if status[p] == 1:
+                            status[p] = 2
+                            batch_of[p] = nb
+                            k += 1
+                    if k > 0:
+                        qlen -= k
+                        mark = ct
+                        break
+            else:
+                if qlen > 0:
+                    want = 0
+                    if qlen >= B:
+                        want = B
+                    else:
+                        head = _oldest(status, head)
+                        if now >= entry[head] + D:
+                            want = qlen
+                        else:
+                            for j in range(npref):
+                                if preferred[j] <= qlen:
+                                    want = preferred[j]
+                                    break
+                    if want > 0:
+                        head = _oldest(status, head)
+                        p = head
+                        while k < want:
+                            if status[p] == 1:
+                                status[p] = 2
+                                batch_of[p] = nb
+                                k += 1
+                            p += 1
+                        qlen -= k
+            if k == 0:
+                break
+            inst = 0
+            while not idle[inst]:
+                inst += 1
+            idle[inst] = False
+            n_idle -= 1
+            busy += 1
+            if use_mult:
+                m = mult[mpos]
+                mpos += 1
+                dt = np.int64(np.rint(mean_ns[k] * m * contention[busy]))
+            else:
+                dt = np.int64(np.rint(mean_ns[k] * contention[busy]))
+            b_dispatch[nb] = now
+            b_end[nb] = now + dt
+            b_size[nb] = k
+            b_inst[nb] = inst
+            b_mark[nb] = mark if timer else idle_since[inst]
+            nb += 1
+            if size + 1 >= cap:
+                cap *= 2
+                ht2 = np.empty(cap, np.int64)
+                he2 = np.empty(cap, np.int64)
+                hv2 = np.empty(cap, np.int64)
+                ht2[:size] = ht[:size]
+                he2[:size] = he[:size]
+                hv2[:size] = hv[:size]
+                ht, he, hv = ht2, he2, hv2
+            size = _hpush(ht, he, hv, size, now + dt, eid, inst)
+            eid += 1
+
+        # ---- look again when a batch could next become due
+        if n_idle > 0 and (qlen > 0 or nxt < n):
+            if timer:
+                if c_first < c_last:
+                    t = now
+                else:
+                    cnt = 0
+                    first = -1
+                    for p in range(open_pos, nxt):
+                        if status[p] == 1:
+                            if cnt == 0:
+                                first = p
+                            cnt += 1
+                    t0 = entry[first] if cnt > 0 else (entry[nxt] if nxt < n else INF)
+                    pk = nxt + B - cnt - 1
+                    t = min(t0 + D, entry[pk] if pk < n else INF)
+            else:
+                if qlen > 0:
+                    head = _oldest(status, head)
+                    t0 = entry[head]
+                else:
+                    t0 = entry[nxt] if nxt < n else INF
+                pk = nxt + B - qlen - 1
+                t = min(t0 + D, entry[pk] if pk < n else INF)
+                if npref > 0 and preferred[npref - 1] > qlen:
+                    pk = nxt + preferred[npref - 1] - qlen - 1
+                    t = min(t, entry[pk] if pk < n else INF)
+            if t < wake_pending and t < INF:  # _wake_at(t)
+                wake_pending = t
+                if size + 1 >= cap:
+                    cap *= 2
+                    ht2 = np.empty(cap, np.int64)
+                    he2 = np.empty(cap, np.int64)
+                    hv2 = np.empty(cap, np.int64)
+                    ht2[:size] = ht[:size]
+                    he2[:size] = he[:size]
+                    hv2[:size] = hv[:size]
+                    ht, he, hv = ht2, he2, hv2
+                size = _hpush(ht, he, hv, size, t, eid + WAKE, -1)
+                eid += 1
+    return nb
+
+
+@njit(cache=True)
+def _gather(batch_of, entry, b_dispatch, b_end, b_size, b_inst, b_mark, timer, s):
+    """Per-request fields from the per-batch records (the same arithmetic as the SimPy engine's collect)."""
+    n = batch_of.shape[0]
+    dispatch = np.full(n, np.nan)
+    start = np.full(n, np.nan)
+    end = np.full(n, np.nan)
+    formation_ms = np.full(n, np.nan)
+    batch_size = np.zeros(n, np.int64)
+    instance = np.full(n, -1, np.int64)
+    for i in range(n):
+        k = batch_of[i]
+        if k < 0:
+            continue
+        start[i] = b_dispatch[k] * s
+        end[i] = b_end[k] * s
+        if timer:
+            dispatch[i] = b_mark[k] * s
+            formation = (b_mark[k] - entry[i]) * s
+        else:
+            dispatch[i] = start[i]
+            formation = (b_dispatch[k] - max(entry[i], b_mark[k])) * s
+        formation_ms[i] = formation * 1000.0
+        batch_size[i] = b_size[k]
+        instance[i] = b_inst[k]
+    return dispatch, start, end, formation_ms, batch_size, instance
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class FastEngine:
+    """Runs one replication of a scenario with the compiled event loop (same results as SimPyEngine).
+
+    Scenarios with features the fast engine lacks (:func:`unsupported_features`) run on the SimPy
+    engine instead, or raise ``ValueError`` when ``fallback=False``.
+    """
+
+    name = "fast"
+
+    def __init__(self, scenario: Scenario, fallback: bool = True):
+        self.sc = scenario
+        self.unsupported = unsupported_features(scenario)
+        self.fallback = None
+        if self.unsupported:
+            if not fallback:
+                raise ValueError("the fast engine does not support: " + ", ".join(self.unsupported))
+            self.fallback = SimPyEngine(scenario)
+            return
+        b = scenario.batching
+        self.curve = ServiceCurve(scenario.service.curve_ms(), b.max_batch_size)
+        self.mean_ns = np.ascontiguousarray(self.curve.seconds * NS, dtype=np.float64)
+        self.contention = np.ascontiguousarray(contention_table(scenario.service, scenario.instances),
+                                               dtype=np.float64)
+        self.sampler = variability_sampler(scenario.service.variability)
+        self.delay_ns = int(round(b.max_queue_delay_ms * 1e6))
+        self.preferred = np.array(sorted(set(b.preferred_batch_sizes), reverse=True), dtype=np.int64)
+        qc = scenario.queue
+        self.timeout_ns = int(round(qc.timeout_ms * 1e6)) if qc.timeout_ms > 0 else -1
+
+    def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
+        if self.fallback is not None:
+            return self.fallback.run(arrivals, service_rng)
+        sc = self.sc
+        n = len(arrivals)
+        arrival_ns = np.rint(arrivals.times * NS).astype(np.int64)
+        pre = sc.service.preprocess
+        pre_ns = int(round(pre.ms * 1e6))
+        entry = fifo_pool(arrival_ns.astype(np.float64), pre_ns, pre.workers).astype(np.int64)
+
+        if self.sampler is not None and n:
+            chunks = -(-n // _DRAW_CHUNK)  # at most one draw per batch, and batches <= requests
+            mult = np.concatenate([np.asarray(self.sampler(service_rng, _DRAW_CHUNK), dtype=np.float64)
+                                   for _ in range(chunks)])
+        else:
+            mult = np.ones(1, np.float64)
+
+        status = np.zeros(n, np.int8)
+        drop_reason = np.zeros(n, np.int8)
+        drop_t = np.full(n, -1, np.int64)
+        batch_of = np.full(n, -1, np.int64)
+        b_dispatch = np.empty(n, np.int64)
+        b_end = np.empty(n, np.int64)
+        b_size = np.empty(n, np.int64)
+        b_inst = np.empty(n, np.int64)
+        b_mark = np.empty(n, np.int64)
+        qc, b = sc.queue, sc.batching
+        nb = _simulate(np.ascontiguousarray(entry), b.mode == "timer", b.max_batch_size, self.delay_ns,
+                       self.preferred, qc.max_size, qc.on_full == "drop_oldest", self.timeout_ns,
+                       sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
+                       status, drop_reason, drop_t, batch_of, b_dispatch, b_end, b_size, b_inst, b_mark)
+
+        b_dispatch, b_end, b_size, b_inst, b_mark = (x[:nb] for x in (b_dispatch, b_end, b_size, b_inst, b_mark))
+        return self._collect(arrivals, arrival_ns, entry, batch_of, drop_reason, drop_t,
+                             b_dispatch, b_end, b_size, b_inst, b_mark)
+
+    def _collect(self, arr, arrival_ns, entry, batch_of, drop_reason, drop_t, b_dispatch, b_end, b_size, b_inst,
+                 b_mark) -> ReplicationTrace:
+        """The trace, computed as :meth:`capsim.sim.engine._Run._collect` does (same float operations)."""
+        sc = self.sc
+        n = len(arr)
+        s = 1.0 / NS
+        dispatch, start, end, formation_ms, batch_size, instance = _gather(
+            batch_of, entry, b_dispatch, b_end, b_size, b_inst, b_mark, sc.batching.mode == "timer", s)
+        post = sc.service.postprocess
+        done = np.full(n, np.nan)
+        served_idx = np.flatnonzero(batch_of >= 0)
+        if len(served_idx):
+            if post.workers <= 0 or post.ms == 0.0:  # a pure delay: order does not matter
+                done[served_idx] = end[served_idx] + post.ms / 1000.0
+            else:  # FIFO by end time, ties by request index (a stable sort of ascending indices)
+                fifo = served_idx[np.argsort(end[served_idx], kind="stable")]
+                done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
+        arrival = arrival_ns * s
+        latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
+        entry_s = np.where(entry >= 0, entry * s, np.nan)
+        drop_t_s = np.where(drop_t >= 0, drop_t * s, np.nan)
+        warm = np.zeros(n, bool)
+        warm[: min(sc.run.warmup_requests, n)] = True
+        return ReplicationTrace(
+            arrival=arrival, source=arr.source, entry=entry_s, dispatch=dispatch, start=start, end=end, done=done,
+            latency_ms=latency, formation_ms=formation_ms, batch_size=batch_size, instance=instance,
+            drop_reason=drop_reason, drop_t=drop_t_s, warmup=warm,
+            batch_start=b_dispatch * s, batch_end=b_end * s, batch_size_by_batch=b_size, batch_instance=b_inst,
+            instances=sc.instances, overhead_ms=sc.service.overhead_ms,
+        )

@@ -1,0 +1,192 @@
+"""The compiled fast engine reproduces the SimPy reference engine request for request.
+
+Both engines get the same arrival stream and identically seeded service generators; every
+per-request and per-batch field of the traces must be identical (NaN where NaN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from capsim.arrivals import generate  # noqa: E402
+from capsim.config import load_scenario, parse_scenario  # noqa: E402
+from capsim.sim.engine import SimPyEngine  # noqa: E402
+from capsim.sim.fast import FastEngine, unsupported_features  # noqa: E402
+
+PER_REQUEST = ("arrival", "source", "entry", "dispatch", "start", "end", "done", "latency_ms", "formation_ms",
+               "batch_size", "instance", "drop_reason", "drop_t", "warmup")
+PER_BATCH = ("batch_start", "batch_end", "batch_size_by_batch", "batch_instance")
+
+
+def run_both(sc, seed=0):
+    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng([seed, 1]), sc.base_dir)
+    ref = SimPyEngine(sc).run(arr, np.random.default_rng([seed, 2]))
+    fast = FastEngine(sc, fallback=False).run(arr, np.random.default_rng([seed, 2]))
+    return ref, fast
+
+
+def assert_same(ref, fast):
+    for f in PER_REQUEST + PER_BATCH:
+        np.testing.assert_array_equal(getattr(fast, f), getattr(ref, f), err_msg=f)  # NaN == NaN here
+        assert getattr(fast, f).dtype == getattr(ref, f).dtype, f
+    assert fast.instances == ref.instances and fast.overhead_ms == ref.overhead_ms
+
+
+# --------------------------------------------------------------------------- built-in scenarios
+
+
+@pytest.mark.parametrize("name", ["mini-challenge", "example-1-single-image-gpu", "example-4-littles-law",
+                                  "example-3-edge-cpu"])
+def test_builtin_scenarios_identical(name):
+    sc = load_scenario(name, ["run.requests=20000"])
+    assert unsupported_features(sc) == []
+    ref, fast = run_both(sc)
+    assert_same(ref, fast)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["queue.max_size=6", "queue.on_full=drop_oldest", "queue.timeout_ms=60", "instances=2",
+     "service.contention={2: 1.3}", "service.variability.distribution=gamma", "service.variability.cv=0.5"],
+    ["batching.mode=timer", "queue.max_size=10", "queue.timeout_ms=40", "service.preprocess.ms=2",
+     "service.preprocess.workers=1", "service.postprocess.ms=1", "service.postprocess.workers=2"],
+    ["batching.preferred_batch_sizes=[2, 4]", "queue.max_size=8", "queue.on_full=reject",
+     "service.variability.distribution=lognormal", "service.variability.cv=0.3"],
+])
+def test_builtin_with_caps_and_timeouts(overrides):
+    sc = load_scenario("mini-challenge", ["run.requests=20000", "arrivals.rate_rps=250"] + overrides)
+    ref, fast = run_both(sc, seed=3)
+    assert_same(ref, fast)
+    assert (ref.drop_reason > 0).any() or "batching.mode=timer" in overrides
+
+
+# --------------------------------------------------------------------------- random scenarios
+
+
+ROUND = (0, 1, 2, 2.5, 4, 5, 8, 10, 12.5, 20, 25, 40, 50)
+
+
+def _num(lo, hi):
+    """A float in [lo, hi], often a round number so that events coincide (ties)."""
+    rounds = [v for v in ROUND if lo <= v <= hi]
+    return st.one_of(st.sampled_from(rounds), st.floats(lo, hi, allow_nan=False)) if rounds else st.floats(lo, hi)
+
+
+@st.composite
+def scenarios(draw):
+    B = draw(st.integers(1, 8))
+    sizes = sorted({1, B} | set(draw(st.lists(st.integers(1, B), max_size=3))))
+    ms, curve = draw(_num(0.5, 20)), {}
+    for b in sizes:
+        curve[b] = round(ms, 3)
+        ms += draw(_num(0, 5)) * (b > 1)
+    dist = draw(st.sampled_from(["none", "exponential", "gamma", "lognormal"]))
+    cv = {"none": 0.0, "exponential": 1.0}.get(dist, None)
+    if cv is None:
+        cv = draw(_num(0.05, 1.5))
+    instances = draw(st.integers(1, 3))
+    contention = {}
+    if instances > 1 and draw(st.booleans()):
+        contention = {k: round(draw(_num(1.0, 2.0)), 3) for k in range(2, instances + 1)}
+    mode = draw(st.sampled_from(["triton", "timer"]))
+    preferred = []
+    if mode == "triton" and B > 1 and draw(st.booleans()):
+        preferred = draw(st.lists(st.integers(1, B), max_size=3, unique=True))
+
+    def stage():
+        return {"ms": draw(st.one_of(st.just(0.0), _num(0, 10))), "workers": draw(st.integers(0, 3))}
+
+    capacity = instances * B / curve[B] * 1000.0
+    rate = max(draw(st.one_of(st.sampled_from([0.5, 0.9, 1.0, 1.2, 1.5]), _num(0.05, 1.5))) * capacity, 1.0)
+    process = draw(st.sampled_from(["poisson", "constant", "bursty", "streams"]))
+    if process in ("poisson", "constant"):
+        arrivals = {"process": process, "rate_rps": rate}
+    elif process == "bursty":
+        arrivals = {"process": "bursty", "rate_rps": rate / 2, "burst_rate_rps": rate * 3,
+                    "mean_burst_s": 0.1, "mean_calm_s": 0.3}
+    else:
+        cams = draw(st.integers(1, 6))
+        arrivals = {"process": "streams", "streams": [
+            {"count": cams, "fps": max(rate / cams, 0.5), "jitter_ms": draw(st.one_of(st.just(0.0), _num(0, 5)))}]}
+    data = {
+        "name": "fast-vs-simpy",
+        "arrivals": arrivals,
+        "service": {"batch_latency_ms": curve, "variability": {"distribution": dist, "cv": cv},
+                    "overhead_ms": draw(st.one_of(st.just(0.0), _num(0, 20))),
+                    "preprocess": stage(), "postprocess": stage(), "contention": contention},
+        "batching": {"mode": mode, "max_batch_size": B, "max_queue_delay_ms": draw(_num(0, 20)),
+                     "preferred_batch_sizes": preferred},
+        "instances": instances,
+        "queue": {"max_size": draw(st.one_of(st.just(0), st.integers(1, 30))),
+                  "timeout_ms": draw(st.one_of(st.just(0.0), _num(1, 150))),
+                  "on_full": draw(st.sampled_from(["reject", "drop_oldest"]))},
+        "run": {"requests": draw(st.integers(300, 3000)), "warmup_requests": draw(st.integers(0, 100)),
+                "replications": 1},
+    }
+    return parse_scenario(data), draw(st.integers(0, 2**31))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_random_scenarios_identical(case):
+    sc, seed = case
+    assert unsupported_features(sc) == []
+    ref, fast = run_both(sc, seed)
+    assert_same(ref, fast)
+
+
+# --------------------------------------------------------------------------- support and fallback
+
+
+def test_unsupported_features_listed():
+    sc = load_scenario("mini-challenge")
+    assert unsupported_features(sc) == []
+    assert unsupported_features(load_scenario("mini-challenge", ["queue.per_source_max_size=2"])) == [
+        "queue.per_source_max_size"]
+    assert unsupported_features(load_scenario("mini-challenge", ["queue.stride=2"])) == ["queue.stride"]
+    retail = load_scenario("retail-edge-resnet18-int8")  # empirical variability and per-source caps
+    feats = unsupported_features(retail)
+    assert "queue.per_source_max_size" in feats
+    assert any("empirical" in f for f in feats)
+
+
+def test_unsupported_falls_back_to_simpy_or_refuses():
+    sc = load_scenario("mini-challenge", ["queue.stride=2", "run.requests=3000"])
+    with pytest.raises(ValueError, match="stride"):
+        FastEngine(sc, fallback=False)
+    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng(5), sc.base_dir)
+    ref = SimPyEngine(sc).run(arr, np.random.default_rng(6))
+    fast = FastEngine(sc).run(arr, np.random.default_rng(6))
+    assert_same(ref, fast)
+
+
+def test_rounding_matches_python_round():
+    """The compiled loop rounds service times with np.rint: half to even, like Python's round()."""
+    from numba import njit
+
+    @njit
+    def rint(x):
+        return np.int64(np.rint(x))
+
+    for x in (0.5, 1.5, 2.5, 2.4999999999999996, 1e6 + 0.5, 1e6 + 1.5, 12345678.5, 7.500000000000001):
+        assert rint(x) == round(x)
+
+
+def test_engine_choice_auto_simpy_fast():
+    from capsim.errors import CapsimError
+    from capsim.simulate import simulate
+
+    sc = load_scenario("mini-challenge", ["run.requests=6000", "run.replications=2"])
+    auto, ref = simulate(sc, engine="auto"), simulate(sc, engine="simpy")
+    assert (auto.engine, ref.engine) == ("fast", "simpy")
+    a, r = auto.to_dict(), ref.to_dict()
+    a.pop("engine"), r.pop("engine")
+    assert a == r  # same numbers, whichever engine ran
+    cams = load_scenario("example-2-multi-camera", ["run.requests=3000", "run.replications=1"])
+    assert simulate(cams, engine="auto").engine == "simpy"  # per-camera caps: falls back
+    with pytest.raises(CapsimError, match="--engine fast: the fast engine does not model queue.per_source_max_size"):
+        simulate(cams, engine="fast")
