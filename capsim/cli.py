@@ -45,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-mismatch", action="store_true",
                    help="use a calibration profile even if its model/hardware differ from the scenario's")
 
+    pl = sub.add_parser("plan", help="can this service meet the SLO at this rate, and with which settings?")
+    pl.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="scenario file or built-in name")
+    pl.add_argument("--rps", type=float, help="target rate (default: the scenario's)")
+    pl.add_argument("--slo", help='e.g. "p95<=140ms" (default: the scenario\'s slo)')
+    pl.add_argument("--max-instances", type=int, default=4, help="largest instance count to try (default 4)")
+    pl.add_argument("--batch-sizes", help="max batch sizes to try (default: powers of two up to the measured max)")
+    pl.add_argument("--delays-ms", help="max queue delays to try (default 0,2,5,10,20)")
+    pl.add_argument("--modes", default="triton", help="batching modes to try: triton, timer or triton,timer")
+    pl.add_argument("--engine", choices=("auto", "simpy", "fast"), default="auto")
+    pl.add_argument("--format", choices=("table", "json"), default="table")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    pl.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
     m = sub.add_parser("models", help="the built-in model zoo: list, or export one to ONNX/TorchScript")
     m.add_argument("action", choices=("list", "export"), nargs="?", default="list")
     m.add_argument("name", nargs="?", help="model to export")
@@ -93,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_simulate(args)
         if args.command == "scenarios":
             return cmd_scenarios(args)
+        if args.command == "plan":
+            return cmd_plan(args)
         if args.command == "models":
             return cmd_models(args)
         if args.command == "calibrate":
@@ -153,6 +168,111 @@ def fields_table() -> str:
                 allowed.append(f"{op} {v:g}")
         rows.append(f"| `{path}` | {spec.unit} | {', '.join(allowed)} | {spec.help} |")
     return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def parse_slo(text: str):
+    """``p95<=140ms`` -> SLO(percentile=95, latency_ms=140)."""
+    import re
+
+    from capsim.config import SLO
+
+    m = re.fullmatch(r"\s*p(\d+(?:\.\d+)?)\s*<=?\s*(\d+(?:\.\d+)?)\s*ms\s*", text or "")
+    if not m or not 0 < float(m.group(1)) < 100 or not float(m.group(2)) > 0:
+        raise CapsimError(f"--slo: must look like p95<=140ms (percentile in (0, 100), latency > 0); got {text!r}")
+    return SLO(percentile=float(m.group(1)), latency_ms=float(m.group(2)))
+
+
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CapsimError(f"{option}: must be numbers separated by commas, e.g. 0,2,5,10; got {text!r}") from None
+    if not values or min(values) < 0:
+        raise CapsimError(f"{option}: must be numbers >= 0, e.g. 0,2,5,10; got {text!r}")
+    return values
+
+
+def cmd_plan(args) -> int:
+    from capsim.plan import plan
+
+    sc = load_scenario(args.scenario, args.overrides)
+    slo = parse_slo(args.slo) if args.slo else None
+    if slo is not None and sc.slo is not None:
+        slo.min_throughput_rps = sc.slo.min_throughput_rps
+    if args.rps is not None and not args.rps > 0:
+        raise CapsimError(f"--rps: must be > 0, got {args.rps:g}")
+    if args.max_instances < 1:
+        raise CapsimError(f"--max-instances: must be >= 1, got {args.max_instances}")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or any(m not in ("triton", "timer") for m in modes):
+        raise CapsimError(f"--modes: must be triton, timer or triton,timer; got {args.modes!r}")
+    show = not args.quiet and sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            print(f"\rplanning {sc.name}: config {done}/{total}", end="\n" if done == total else "",
+                  file=sys.stderr, flush=True)
+
+    p = plan(sc, rps=args.rps, slo=slo, max_instances=args.max_instances,
+             batch_sizes=_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes else None,
+             delays_ms=_float_list(args.delays_ms, "--delays-ms") if args.delays_ms else None,
+             modes=modes, engine=args.engine, progress=progress)
+    if args.format == "json":
+        print(json.dumps(_finite(p.to_dict()), indent=2, allow_nan=False))
+    else:
+        print(plan_table(p))
+    return 0 if p.verdict == "feasible" else 1
+
+
+def plan_table(p) -> str:
+    """The answer first, then the recommended config, the runners-up, what binds, the napkin."""
+    q = p.question
+    s = q["slo"]
+    goal = f"p{s['percentile']:g} <= {s['latency_ms']:g} ms"
+    out = [f"capsim plan: {q['scenario']} at {q['rps']:g} rps, {goal}"
+           + (f", >= {s['min_throughput_rps']:g} rps" if s["min_throughput_rps"] else "")]
+    r = p.recommended
+    cfg = (f"{r.mode} batching, max batch {r.max_batch_size}, max queue delay {r.max_queue_delay_ms:g} ms, "
+           f"{r.instances} instance{'s' if r.instances > 1 else ''}")
+    verdict = {"feasible": "FEASIBLE", "infeasible": "INFEASIBLE", "inconclusive": "INCONCLUSIVE"}[p.verdict]
+    out.append(f"verdict: {verdict}" + ("" if p.verdict == "infeasible" else f" with {cfg}"))
+    if p.verdict == "infeasible":
+        out.append(f"  closest config: {cfg}")
+    if p.more_requests:
+        out.append(f"  the interval straddles the target: about {p.more_requests:,} more simulated requests would "
+                   "settle it (raise run.requests or run.replications)")
+    d = r.to_dict()
+    if r.observed_ms is not None:
+        lo, hi = r.ci_ms
+        out.append(f"  p{s['percentile']:g} {r.observed_ms:.1f} ms (95% CI [{lo:.1f}, {hi:.1f}]); "
+                   f"p50 {d['latency_ms']['p50']:.1f}, p99 {d['latency_ms']['p99']:.1f} ms; throughput "
+                   f"{d['throughput_rps']:.1f} rps, drops {d['drop_rate']:.2%}, utilization {d['utilization']:.0%}")
+    else:
+        out.append("  the config cannot keep up at this rate (queue grows without bound)")
+    out.append(f"  highest sustainable rate for this config: {p.max_rate_rps:.1f} rps (headroom "
+               f"{p.headroom_pct:+.0f}% over {q['rps']:g} rps)")
+    out.append("binding: " + "; ".join(p.binding))
+    n = p.napkin
+    out.append(f"napkin: {n['formula']}; capacity bound {n['capacity_bound_rps']:.1f} rps"
+               + (f"; Little's law: {n['littles_law_in_flight']:.1f} requests in flight"
+                  if n["littles_law_in_flight"] is not None else ""))
+    out.append(f"  {n['difference']}")
+    out.append("")
+    out.append(f"runners-up ({p.evaluated} configs screened, {p.engine} engine; rule: {_RULE_SHORT}):")
+    out.append(f"  {'mode':7s}{'batch':>6s}{'delay':>7s}{'inst':>5s}  {'verdict':13s}{'p' + format(s['percentile'], 'g'):>7s}"
+               f"  {'95% CI':>16s}")
+    for a in p.alternatives:
+        ci = f"[{a.ci_ms[0]:.1f}, {a.ci_ms[1]:.1f}]" if a.ci_ms else "unstable"
+        obs = f"{a.observed_ms:.1f}" if a.observed_ms is not None else "-"
+        out.append(f"  {a.mode:7s}{a.max_batch_size:6d}{a.max_queue_delay_ms:7g}{a.instances:5d}  {a.verdict:13s}"
+                   f"{obs:>7s}  {ci:>16s}")
+    return "\n".join(out)
+
+
+_RULE_SHORT = "fewest instances, then most headroom"
 
 
 # --------------------------------------------------------------------------- models, calibrate, profile
