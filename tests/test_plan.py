@@ -83,3 +83,12 @@ def test_plan_bad_input_exits_2(argv, field):
     r = subprocess.run([sys.executable, "-m", "capsim.cli", "plan", "mini-challenge", *argv], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and field in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_max_rate_ignores_the_throughput_goal_it_is_measuring():
+    # mini-challenge asks >= 120 rps; at 150 rps one instance is over the latency target, yet the highest
+    # sustainable rate (~143 rps) must still be found, not 0 because lower rates miss the 120 rps goal.
+    sc = load_scenario("mini-challenge")
+    p = plan(sc, rps=150, max_instances=1, batch_sizes=[8], delays_ms=[10], **FAST)
+    assert p.verdict in ("infeasible", "inconclusive")
+    assert 120 < p.max_rate_rps < 150 and -20 < p.headroom_pct < 0
