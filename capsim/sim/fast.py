@@ -99,6 +99,46 @@ def _oldest(status, head):
 
 
 @njit(cache=True)
+def _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, t):
+    """QueueTimeout.expire_before: drop queued requests whose deadline is strictly before ``t``.
+
+    Returns the new (head, qlen).
+    """
+    while qlen > 0:
+        head = _oldest(status, head)
+        dl = entry[head] + timeout
+        if dl >= t:
+            break
+        status[head] = 3
+        drop_reason[head] = 3
+        drop_t[head] = dl
+        qlen -= 1
+    return head, qlen
+
+
+@njit(cache=True)
+def _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest, capped):
+    """Admission.admit_next: the arrival at position ``nxt`` (time ``a``) through the queue cap.
+
+    Returns the new (nxt, qlen, head).
+    """
+    if capped and qlen >= max_size:
+        if drop_oldest:  # evict the oldest queued request
+            head = _oldest(status, head)
+            status[head] = 3
+            drop_reason[head] = 2
+            drop_t[head] = a
+            qlen -= 1
+        else:  # reject the arrival
+            status[nxt] = 3
+            drop_reason[nxt] = 1
+            drop_t[nxt] = a
+            return nxt + 1, qlen, head
+    status[nxt] = 1
+    return nxt + 1, qlen + 1, head
+
+
+@njit(cache=True)
 def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, mean_ns, contention,
               mult, use_mult, status, drop_reason, drop_t, batch_of,
               b_dispatch, b_end, b_size, b_inst, b_mark):
@@ -194,15 +234,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                     head = _oldest(status, head)
                     d = entry[head] + timeout
                 if d < a and d < c and d < now:  # expire(d + 1)
-                    while qlen > 0:
-                        head = _oldest(status, head)
-                        dl = entry[head] + timeout
-                        if dl >= d + 1:
-                            break
-                        status[head] = 3
-                        drop_reason[head] = 3
-                        drop_t[head] = dl
-                        qlen -= 1
+                    head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, d + 1)
                     continue
                 if c < a and c <= now:  # close the open batch at c
                     c_t[c_last] = c
@@ -213,24 +245,8 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                     continue
                 if a <= now:
                     # intake.one(): admit the next arrival through the cap
-                    admitted = True
-                    if simple_cap and qlen >= max_size:
-                        if drop_oldest:
-                            head = _oldest(status, head)
-                            status[head] = 3
-                            drop_reason[head] = 2
-                            drop_t[head] = a
-                            qlen -= 1
-                        else:
-                            status[nxt] = 3
-                            drop_reason[nxt] = 1
-                            drop_t[nxt] = a
-                            nxt += 1
-                            admitted = False
-                    if admitted:
-                        status[nxt] = 1
-                        nxt += 1
-                        qlen += 1
+                    nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest,
+                                             simple_cap)
                     cnt = 0
                     for p in range(open_pos, nxt):
                         if status[p] == 1:
@@ -248,43 +264,11 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             while nxt < n and entry[nxt] <= now:
                 a = entry[nxt]
                 if has_timeout:  # expire(a): deadlines strictly before a
-                    while qlen > 0:
-                        head = _oldest(status, head)
-                        dl = entry[head] + timeout
-                        if dl >= a:
-                            break
-                        status[head] = 3
-                        drop_reason[head] = 3
-                        drop_t[head] = dl
-                        qlen -= 1
-                admitted = True
-                if simple_cap and qlen >= max_size:
-                    if drop_oldest:
-                        head = _oldest(status, head)
-                        status[head] = 3
-                        drop_reason[head] = 2
-                        drop_t[head] = a
-                        qlen -= 1
-                    else:
-                        status[nxt] = 3
-                        drop_reason[nxt] = 1
-                        drop_t[nxt] = a
-                        nxt += 1
-                        admitted = False
-                if admitted:
-                    status[nxt] = 1
-                    nxt += 1
-                    qlen += 1
+                    head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, a)
+                nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest,
+                                         simple_cap)
             if has_timeout:  # expire(now)
-                while qlen > 0:
-                    head = _oldest(status, head)
-                    dl = entry[head] + timeout
-                    if dl >= now:
-                        break
-                    status[head] = 3
-                    drop_reason[head] = 3
-                    drop_t[head] = dl
-                    qlen -= 1
+                head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, now)
 
         # ---- dispatch while an instance is idle and a batch is ready
         while n_idle > 0:
