@@ -48,7 +48,16 @@ def unsupported_features(sc: Scenario) -> list[str]:
 
 @njit(cache=True)
 def _hpush(ht, he, hv, size, t, e, v):
-    """Push (t, e) -> v on a binary min-heap keyed on (time, e); e = priority offset + eid."""
+    """Push (t, e) -> v on a binary min-heap keyed on (time, e), e = priority offset + eid; grows the
+    arrays when full and returns them with the new size."""
+    if size >= len(ht):  # full: double the heap's arrays
+        ht2 = np.empty(2 * len(ht), np.int64)
+        he2 = np.empty(2 * len(ht), np.int64)
+        hv2 = np.empty(2 * len(ht), np.int64)
+        ht2[:size] = ht[:size]
+        he2[:size] = he[:size]
+        hv2[:size] = hv[:size]
+        ht, he, hv = ht2, he2, hv2
     i = size
     ht[i] = t
     he[i] = e
@@ -61,7 +70,7 @@ def _hpush(ht, he, hv, size, t, e, v):
         he[p], he[i] = he[i], he[p]
         hv[p], hv[i] = hv[i], hv[p]
         i = p
-    return size + 1
+    return ht, he, hv, size + 1
 
 
 @njit(cache=True)
@@ -186,7 +195,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
         t = entry[0]
         if t < wake_pending and t < INF:
             wake_pending = t
-            size = _hpush(ht, he, hv, size, t, eid + WAKE, -1)
+            ht, he, hv, size = _hpush(ht, he, hv, size, t, eid + WAKE, -1)
             eid += 1
 
     while size > 0:
@@ -204,16 +213,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             if size > 0 and ht[0] == now:
                 if now < wake_pending:  # _wake_at(now)
                     wake_pending = now
-                    if size + 1 >= cap:
-                        cap *= 2
-                        ht2 = np.empty(cap, np.int64)
-                        he2 = np.empty(cap, np.int64)
-                        hv2 = np.empty(cap, np.int64)
-                        ht2[:size] = ht[:size]
-                        he2[:size] = he[:size]
-                        hv2[:size] = hv[:size]
-                        ht, he, hv = ht2, he2, hv2
-                    size = _hpush(ht, he, hv, size, now, eid + WAKE, -1)
+                    ht, he, hv, size = _hpush(ht, he, hv, size, now, eid + WAKE, -1)
                     eid += 1
                 continue
 
@@ -333,16 +333,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             b_inst[nb] = inst
             b_mark[nb] = mark if timer else idle_since[inst]
             nb += 1
-            if size + 1 >= cap:
-                cap *= 2
-                ht2 = np.empty(cap, np.int64)
-                he2 = np.empty(cap, np.int64)
-                hv2 = np.empty(cap, np.int64)
-                ht2[:size] = ht[:size]
-                he2[:size] = he[:size]
-                hv2[:size] = hv[:size]
-                ht, he, hv = ht2, he2, hv2
-            size = _hpush(ht, he, hv, size, now + dt, eid, inst)
+            ht, he, hv, size = _hpush(ht, he, hv, size, now + dt, eid, inst)
             eid += 1
 
         # ---- look again when a batch could next become due
@@ -374,16 +365,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                     t = min(t, entry[pk] if pk < n else INF)
             if t < wake_pending and t < INF:  # _wake_at(t)
                 wake_pending = t
-                if size + 1 >= cap:
-                    cap *= 2
-                    ht2 = np.empty(cap, np.int64)
-                    he2 = np.empty(cap, np.int64)
-                    hv2 = np.empty(cap, np.int64)
-                    ht2[:size] = ht[:size]
-                    he2[:size] = he[:size]
-                    hv2[:size] = hv[:size]
-                    ht, he, hv = ht2, he2, hv2
-                size = _hpush(ht, he, hv, size, t, eid + WAKE, -1)
+                ht, he, hv, size = _hpush(ht, he, hv, size, t, eid + WAKE, -1)
                 eid += 1
     return nb
 
