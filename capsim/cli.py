@@ -261,11 +261,12 @@ def plan_table(p) -> str:
                   if n["littles_law_in_flight"] is not None else ""))
     out.append(f"  {n['difference']}")
     out.append("")
-    out.append(f"runners-up ({p.evaluated} configs screened, {p.engine} engine; rule: {_RULE_SHORT}):")
+    out.append(f"runners-up ({p.evaluated} configs screened, {p.engine} engine; rule: {_RULE_SHORT}; "
+               "the search stops at the first instance count with a feasible config):")
     out.append(f"  {'mode':7s}{'batch':>6s}{'delay':>7s}{'inst':>5s}  {'verdict':13s}{'p' + format(s['percentile'], 'g'):>7s}"
                f"  {'95% CI':>16s}")
     for a in p.alternatives:
-        ci = f"[{a.ci_ms[0]:.1f}, {a.ci_ms[1]:.1f}]" if a.ci_ms else "unstable"
+        ci = f"[{a.ci_ms[0]:.1f}, {a.ci_ms[1]:.1f}]" if a.ci_ms else (a.note or "unstable")
         obs = f"{a.observed_ms:.1f}" if a.observed_ms is not None else "-"
         out.append(f"  {a.mode:7s}{a.max_batch_size:6d}{a.max_queue_delay_ms:7g}{a.instances:5d}  {a.verdict:13s}"
                    f"{obs:>7s}  {ci:>16s}")

@@ -16,6 +16,7 @@ from capsim import analytic
 from capsim.config import Scenario
 from capsim.sim.engine import ReplicationTrace
 from capsim.sim.queue import DROP_REASONS
+from capsim.tdist import t_cdf, t_ppf
 
 PERCENTILES = (50, 90, 95, 99)
 BATCH_MEANS = 10
@@ -96,15 +97,15 @@ def _window(tr: ReplicationTrace) -> tuple[float, float]:
     return float(t[0]), float(t[-1])
 
 
-def _percentile_ci(groups: list[np.ndarray], pooled: np.ndarray, q: float) -> tuple[float, list[float]]:
-    point = float(np.percentile(pooled, q))
-    vals = np.array([np.percentile(g, q) for g in groups if len(g)])
+def _percentile_cis(groups: list[np.ndarray], pooled: np.ndarray, qs: list[float]) -> list[tuple[float, list[float]]]:
+    """Each percentile of ``pooled`` with its 95 % interval from the spread across ``groups``."""
+    points = np.percentile(pooled, qs)  # one partition for all the percentiles
+    vals = np.array([np.percentile(g, qs) for g in groups if len(g)])
     if len(vals) < 2:
-        return point, [point, point]
-    from scipy import stats  # imported here: scipy.stats costs ~1 s at start-up
-
-    hw = float(stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals)))
-    return point, [max(point - hw, 0.0), point + hw]  # a latency is never negative
+        return [(float(p), [float(p), float(p)]) for p in points]
+    hws = t_ppf(0.975, len(vals) - 1) * vals.std(axis=0, ddof=1) / np.sqrt(len(vals))
+    # A latency is never negative.
+    return [(float(p), [max(float(p - hw), 0.0), float(p + hw)]) for p, hw in zip(points, hws)]
 
 
 def _groups(traces: list[ReplicationTrace]) -> list[np.ndarray]:
@@ -117,17 +118,12 @@ def _groups(traces: list[ReplicationTrace]) -> list[np.ndarray]:
 
 def _backlog_growth(tr: ReplicationTrace) -> tuple[float, int]:
     """Slope of the number in system (sampled at each measured arrival) per arrival, and the final backlog."""
-    leave = np.where(tr.completed, tr.done, tr.drop_t)
-    dep = np.sort(leave)
-    measured = ~tr.warmup
-    idx = np.flatnonzero(measured)
-    a = tr.arrival[idx]
-    backlog = (idx + 1) - np.searchsorted(dep, a, side="right")
-    if len(idx) < 3:
-        return 0.0, int(backlog[-1]) if len(backlog) else 0
-    x = np.arange(len(idx), dtype=np.float64)
-    slope = float(np.polyfit(x, backlog.astype(np.float64), 1)[0])
-    return slope, int(backlog[-1])
+    from capsim.backlog import backlog_trend  # compiled; loaded only when a result is summarised
+
+    measured = np.flatnonzero(~tr.warmup)
+    if not len(measured):
+        return 0.0, 0
+    return backlog_trend(tr.arrival, np.where(tr.completed, tr.done, tr.drop_t), int(measured[0]))
 
 
 def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> SimulationResult:
@@ -160,8 +156,7 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
         qs.append(sc.slo.percentile)
     if len(pooled):
         lat["mean"] = float(pooled.mean())
-        for q in qs:
-            point, interval = _percentile_ci(groups, pooled, q)
+        for q, (point, interval) in zip(qs, _percentile_cis(groups, pooled, qs)):
             lat[_pname(q)] = point
             ci[_pname(q)] = interval
         lat["max"] = float(pooled.max())
@@ -223,8 +218,6 @@ def _pname(q: float) -> str:
 
 def _judge(sc: Scenario, res: SimulationResult, groups: list[np.ndarray]) -> dict:
     """The SLO verdict: met / not met / inconclusive, with a one-sided confidence."""
-    from scipy import stats
-
     slo = sc.slo
     key = _pname(slo.percentile)
     observed = res.latency_ms[key]
@@ -238,9 +231,9 @@ def _judge(sc: Scenario, res: SimulationResult, groups: list[np.ndarray]) -> dic
         confidence, verdict = 0.0, "not met"
     else:
         df = max(len(groups) - 1, 1)
-        se = hw / stats.t.ppf(0.975, df) if hw > 0 else 0.0
+        se = hw / t_ppf(0.975, df) if hw > 0 else 0.0
         if se > 0:
-            confidence = float(stats.t.cdf((slo.latency_ms - observed) / se, df))
+            confidence = float(t_cdf((slo.latency_ms - observed) / se, df))
         else:
             confidence = 1.0 if observed <= slo.latency_ms else 0.0
         if not throughput_ok:

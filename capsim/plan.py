@@ -21,6 +21,7 @@ from capsim import analytic
 from capsim.config import SLO, Scenario
 from capsim.errors import CapsimError
 from capsim.metrics import SimulationResult, _pname
+from capsim.service import ServiceCurve, contention_table
 from capsim.simulate import simulate
 
 RULE = ("fewest instances that meet the SLO; then the most headroom (target - upper CI bound of the "
@@ -40,7 +41,8 @@ class Evaluation:
     verdict: str                 # feasible | infeasible | inconclusive
     observed_ms: float | None    # the SLO percentile
     ci_ms: list[float] | None
-    result: SimulationResult = field(repr=False)
+    result: SimulationResult | None = field(repr=False)  # None: ruled out by the capacity bound, not simulated
+    note: str = ""
 
     @property
     def config(self) -> dict:
@@ -52,6 +54,10 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         r = self.result
+        if r is None:
+            return {**self.config, "rate_rps": self.rate_rps, "verdict": self.verdict, "note": self.note,
+                    "latency_ms": None, "latency_ci_ms": None, "slo_observed_ms": None, "slo_ci_ms": None,
+                    "throughput_rps": None, "drop_rate": None, "utilization": None, "stable": False}
         lat = r.to_dict()["latency_ms"]
         ci = r.to_dict()["latency_ci_ms"]
         return {**self.config, "rate_rps": self.rate_rps, "verdict": self.verdict,
@@ -91,6 +97,15 @@ def with_config(sc: Scenario, mode: str, B: int, D: float, N: int) -> Scenario:
         if mode == "triton" else []
     out.instances = N
     return out
+
+
+def throughput_bound(sc: Scenario) -> float:
+    """Most requests per second the instances could ever complete: the best batch size's rate per
+    instance, at the best number of busy instances given the contention slowdown."""
+    curve = ServiceCurve(sc.service.curve_ms(), sc.batching.max_batch_size)
+    per_instance = max(b / curve.seconds[b] for b in range(1, sc.batching.max_batch_size + 1))
+    factors = contention_table(sc.service, sc.instances)
+    return float(per_instance * max(k / factors[k] for k in range(1, sc.instances + 1)))
 
 
 def judge(res: SimulationResult, slo: SLO) -> tuple[str, float | None, list[float] | None]:
@@ -153,26 +168,40 @@ def plan(sc: Scenario, rps: float | None = None, slo: SLO | None = None, max_ins
     delays = sorted(set(delays_ms if delays_ms is not None else [0, 2, 5, 10, 20]))
     if sc.service.contention and max_instances > max(max(sc.service.contention), 1):
         max_instances = max(sc.service.contention)  # no slowdown factor measured beyond that
-    grid = [(m, b, d, n) for m in modes for n in range(1, max_instances + 1) for b in sizes
-            for d in (delays if b > 1 else [0.0])]
     screen = copy.deepcopy(base)
     screen.run.requests = max(screen_requests, sc.run.warmup_requests + 1000)
     screen.run.replications = screen_replications
-
-    evals: list[Evaluation] = []
-    engine_used = set()
-    for i, (m, b, d, n) in enumerate(grid):
-        res = simulate(with_config(screen, m, b, d, n), engine=engine)
-        engine_used.add(res.engine)
-        verdict, obs, ci = judge(res, slo)
-        evals.append(Evaluation(m, b, d, n, rps, verdict, obs, ci, res))
-        if progress:
-            progress(i + 1, len(grid))
+    sheds_load = bool(sc.queue.max_size or sc.queue.timeout_ms or sc.queue.per_source_max_size)
 
     def rank(e: Evaluation):
         order = {"feasible": 0, "inconclusive": 1, "infeasible": 2}[e.verdict]
         return (order, e.instances if e.verdict == "feasible" else 0, -e.headroom_ms(slo.latency_ms),
                 e.max_batch_size, e.max_queue_delay_ms)
+
+    # Instance counts are searched in increasing order and the search stops at the first count
+    # with a feasible config: by the rule, more instances could never be recommended.
+    per_n = [(m, b, d) for m in modes for b in sizes for d in (delays if b > 1 else [0.0])]
+    total = len(per_n) * max_instances
+    evals: list[Evaluation] = []
+    engine_used = set()
+    for n in range(1, max_instances + 1):
+        for (m, b, d) in per_n:
+            cfg = with_config(screen, m, b, d, n)
+            bound = throughput_bound(cfg)
+            if rps >= bound and not sheds_load:
+                # Offered load at or above what the instances can ever serve: the queue grows without
+                # bound, so there is nothing to simulate.
+                evals.append(Evaluation(m, b, d, n, rps, "infeasible", None, None, None,
+                                        note=f"capacity bound {bound:.1f} rps < {rps:g} rps"))
+            else:
+                res = simulate(cfg, engine=engine)
+                engine_used.add(res.engine)
+                verdict, obs, ci = judge(res, slo)
+                evals.append(Evaluation(m, b, d, n, rps, verdict, obs, ci, res))
+            if progress:
+                progress(len(evals), total)
+        if any(e.verdict == "feasible" for e in evals):
+            break
 
     evals.sort(key=rank)
     best = evals[0]
@@ -199,7 +228,7 @@ def plan(sc: Scenario, rps: float | None = None, slo: SLO | None = None, max_ins
                   "modes": list(modes)},
         verdict=verdict, recommended=recommended, alternatives=evals[1:6], max_rate_rps=max_rate,
         headroom_pct=headroom, binding=binding(recommended), napkin=napkin_beside(recommended, slo),
-        evaluated=len(grid), engine="/".join(sorted(engine_used)), more_requests=more,
+        evaluated=len(evals), engine="/".join(sorted(engine_used | {full.engine})), more_requests=more,
     )
 
 

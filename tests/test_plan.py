@@ -26,6 +26,22 @@ def test_capacity_bound_below_the_target_is_infeasible():
     assert p.verdict == "infeasible"
     assert p.max_rate_rps < 50.0
     assert p.headroom_pct < 0
+    # Both configs are ruled out by the bound without simulating: 25 and 50 rps < 100 rps.
+    notes = sorted(a.note for a in p.alternatives)
+    assert p.evaluated == 2 and notes == ["capacity bound 50.0 rps < 100 rps"]
+    assert p.recommended.result is not None  # the closest config is still simulated in full
+
+
+def test_search_stops_at_the_first_instance_count_that_is_feasible():
+    # One instance is enough, so no config with two or three instances is simulated.
+    p = plan(_sc(20, {1: 10, 2: 12, 4: 16}, 100), max_instances=3, **FAST)
+    assert p.evaluated == 1 + 2 * 5  # b1 (no delay) + b2, b4 x five delays, all with one instance
+    assert {a.instances for a in p.alternatives} == {1}
+
+    # When one instance cannot keep up, two are tried, and the bound alone rules out the first.
+    p = plan(_sc(40, {1: 40}, 400), max_instances=3, **FAST)
+    assert p.recommended.instances == 2 and p.verdict == "feasible"
+    assert [a.note for a in p.alternatives if a.instances == 1] == ["capacity bound 25.0 rps < 40 rps"]
 
 
 def test_light_load_is_feasible_on_one_instance_with_headroom():
