@@ -39,6 +39,7 @@ torch / onnx / onnxruntime are imported lazily; when they are missing,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -314,10 +315,25 @@ class TorchRunner(Runner):
         # Each instance gets its own CUDA stream, so that instances timed concurrently (contention)
         # really overlap on the GPU instead of queueing on the default stream.
         self._stream = torch.cuda.Stream() if device == "cuda" else None
+        # What "fp32" means on the GPU: cuDNN convolutions use TF32 tensor cores by default.
+        self.math = (f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+                     f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
+                     f"cudnn.benchmark={torch.backends.cudnn.benchmark}") if device == "cuda" else None
+
+    def _on_stream(self) -> Any:
+        """Context that makes this instance's CUDA stream current (a no-op on CPU)."""
+        if self._stream is None:
+            return contextlib.nullcontext()
+        return self._torch.cuda.stream(self._stream)
 
     def _forward(self, t: Any) -> Any:
         try:
             if self._stream is not None:
+                # The input may have been written on another stream (the caller's current one):
+                # order this stream after it before reading it.
+                current = self._torch.cuda.current_stream()
+                if current != self._stream:
+                    self._stream.wait_stream(current)
                 with self._torch.cuda.stream(self._stream):
                     return self._module(t)
             return self._module(t)
@@ -330,16 +346,20 @@ class TorchRunner(Runner):
 
     def run(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
+        # On CUDA the copy in, the forward, the cast and the copy out all run on this instance's
+        # stream, so the final blocking .cpu() waits for exactly this work (and concurrent
+        # instances in contention runs do not serialise on the default stream).
+        with torch.inference_mode(), self._on_stream():
             out = _first_output(self._forward(self._to_tensor(x)))
             if out.is_quantized:
                 out = out.dequantize()
             return out.detach().float().cpu().numpy()
 
     def prepare(self, x: np.ndarray) -> Any:
-        t = self._to_tensor(x)
-        if self.device == "cuda":
-            self._torch.cuda.synchronize()
+        with self._on_stream():
+            t = self._to_tensor(x)
+        if self._stream is not None:
+            self._stream.synchronize()
         return t
 
     def _call(self, prepared: Any) -> None:

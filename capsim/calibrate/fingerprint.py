@@ -47,7 +47,9 @@ def fingerprint(device: str, threads: int | None) -> dict:
         try:
             import torch
 
-            hw["gpu_name"] = torch.cuda.get_device_name(0)
+            if torch.cuda.is_available():
+                hw["gpu_name"] = torch.cuda.get_device_name(0)
+                hw["gpu_memory_mib"] = int(torch.cuda.get_device_properties(0).total_memory // 2**20)
             hw["cuda_version"] = torch.version.cuda
         except Exception:  # noqa: BLE001 - a fingerprint must not fail the calibration
             pass

@@ -129,6 +129,10 @@ def calibrate(*, model: str | None = None, model_file: str | None = None, backen
                                             total_threads=threads, seconds_per_k=min(3.0, max_seconds),
                                             progress=lambda k, n: say(f"contention: {k} instances done"))
             contention["table"] = {str(k): v for k, v in contention["table"].items()}
+            if device == "cuda":
+                contention["method"] = ("threads, one model copy per instance, "
+                                        + ("one CUDA stream each" if backend == "torch" else "one session each")
+                                        + "; latency of run() incl. host<->device copies")
         runner.close()
 
     return {
@@ -140,8 +144,8 @@ def calibrate(*, model: str | None = None, model_file: str | None = None, backen
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"target_ci_pct": target_ci_pct, "max_seconds_per_batch": max_seconds,
                      "stability": "median of the last three windows within 10 %", "ci": "order-statistic 95 % "
-                     "interval of the median", "timer": "CUDA events + synchronize" if device == "cuda" else
-                     "perf_counter_ns per call", "capsim_version": __version__},
+                     "interval of the median", "timer": _timer(backend, device), "capsim_version": __version__,
+                     **({"cuda_math": runner.math} if getattr(runner, "math", None) else {})},
         "batches": batches,
         "max_feasible_batch": largest,
         "failures": failures,
@@ -150,6 +154,14 @@ def calibrate(*, model: str | None = None, model_file: str | None = None, backen
         "contention": contention,
         "fidelity": fidelity,
     }
+
+
+def _timer(backend: str, device: str) -> str:
+    if device != "cuda":
+        return "perf_counter_ns per call"
+    if backend == "torch":
+        return "CUDA events on the instance's stream around the forward, input already on the GPU"
+    return "perf_counter_ns around run_with_iobinding, input and output on the GPU"
 
 
 def _stage(rec: dict) -> dict:
