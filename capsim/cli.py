@@ -12,6 +12,7 @@ import sys
 from capsim import scenarios
 from capsim.config import load_scenario
 from capsim.errors import CapsimError
+from capsim.plain import finite as _finite
 
 DEFAULT_SCENARIO = "mini-challenge"
 
@@ -57,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", choices=("table", "json"), default="table")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
     pl.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    sw = sub.add_parser("sweep", help="simulate a grid of configs x offered rates into one table (CSV/Parquet)")
+    sw.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="scenario file or built-in name")
+    sw.add_argument("--grid", action="append", default=[], metavar="PATH=V1,V2,...",
+                    help="a scenario field and its values, e.g. batching.max_batch_size=1,4,8 (repeatable)")
+    sw.add_argument("--rates", help="offered rates: START:STOP:STEP or R1,R2,... (default: the scenario's rate)")
+    sw.add_argument("--out", default="sweep.csv", help="table to write: .csv or .parquet (default sweep.csv)")
+    sw.add_argument("--executor", choices=("local", "dask"), default="local",
+                    help="local: a process pool on this machine; dask: a dask.distributed cluster")
+    sw.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                    help="Dask scheduler address (default: start a LocalCluster)")
+    sw.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    sw.add_argument("--engine", choices=("auto", "simpy", "fast"), default="auto")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                    help="override a field for every point, e.g. --set run.requests=100000")
+    sw.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     m = sub.add_parser("models", help="the built-in model zoo: list, or export one to ONNX/TorchScript")
     m.add_argument("action", choices=("list", "export"), nargs="?", default="list")
@@ -108,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_scenarios(args)
         if args.command == "plan":
             return cmd_plan(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         if args.command == "models":
             return cmd_models(args)
         if args.command == "calibrate":
@@ -274,6 +293,73 @@ def plan_table(p) -> str:
 
 
 _RULE_SHORT = "fewest instances, then most headroom"
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def cmd_sweep(args) -> int:
+    import time
+
+    from capsim.config import scenario_data
+    from capsim.sweep import parse_grid, parse_rates, sweep, write_table
+
+    axes = [parse_grid(g) for g in args.grid]
+    rates = parse_rates(args.rates) if args.rates else None
+    data, base = scenario_data(args.scenario, args.overrides)
+    if not args.out.lower().endswith((".csv", ".parquet")):
+        raise CapsimError(f"--out {args.out}: write a .csv or a .parquet file")
+    show = not args.quiet
+    tty = sys.stderr.isatty()
+    t0 = time.perf_counter()
+    state = {"shown": -1}
+
+    def progress(done: int, total: int) -> None:
+        if not show:
+            return
+        el = time.perf_counter() - t0
+        eta = el / done * (total - done)
+        if tty:
+            bar = "#" * int(30 * done / total)
+            print(f"\rsweep [{bar:30s}] {done}/{total} points  {el:.0f} s, eta {eta:.0f} s", end="",
+                  file=sys.stderr, flush=True)
+        elif done * 10 // total > state["shown"] or done == total:  # a log line every 10 %
+            state["shown"] = done * 10 // total
+            print(f"sweep: {done}/{total} points ({done / total:.0%}), {el:.1f} s, eta {eta:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    res = sweep(data, str(base), axes, rates, engine=args.engine, executor=args.executor, workers=args.workers,
+                scheduler=args.scheduler, progress=progress)
+    if show and tty:
+        print(file=sys.stderr)
+    write_table(res, args.out)
+    print(sweep_summary(res, args.out, time.perf_counter() - t0))
+    if res.interrupted:
+        print(f"interrupted: kept the {len(res.rows)} finished rows of {res.total} in {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def sweep_summary(res, out: str, seconds: float) -> str:
+    """How much ran, and the Pareto front (throughput vs the SLO percentile) as a small table."""
+    key = res.latency_key
+    front = [r for r in res.rows if r["pareto"]]
+    lines = [f"capsim sweep: {len(res.rows)}/{res.total} points in {seconds:.1f} s -> {out}",
+             f"Pareto front (throughput up, {key.split('.', 1)[1]} down): {len(front)} rows"]
+    grid = [a.path for a in res.axes]
+    head = [*grid, "rate_rps", "throughput_rps", key, "drop_rate"]
+    widths = [max(len(h), 10) for h in head]
+    lines.append("  " + "  ".join(h.rjust(w) for h, w in zip(head, widths)))
+    for r in sorted(front, key=lambda r: r["throughput_rps"])[:20]:
+        vals = [r.get(h) for h in head]
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in vals]
+        lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    if len(front) > 20:
+        lines.append(f"  ... {len(front) - 20} more in the table (column pareto)")
+    unstable = sum(1 for r in res.rows if not r.get("stable"))
+    if unstable:
+        lines.append(f"{unstable} points are unstable (offered load above capacity): their latency columns are empty")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- models, calibrate, profile
@@ -470,19 +556,6 @@ def cmd_simulate(args) -> int:
     else:
         print(format_table(res))
     return 0
-
-
-def _finite(o):
-    """Plain JSON data: non-finite floats (nothing to measure) become null, numpy scalars Python ones."""
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    if hasattr(o, "item"):
-        o = o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
 
 
 TRACE_COLUMNS = ("request_id", "source", "arrival_s", "dispatch_s", "start_s", "end_s", "latency_ms", "batch_size",

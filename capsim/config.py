@@ -583,8 +583,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_scenario(source: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Load a scenario from a YAML/TOML file or a built-in name, apply overrides, validate."""
+def scenario_data(source: str | Path, overrides: list[str] | None = None) -> tuple[dict, Path]:
+    """The plain data of a scenario file or built-in (overrides applied, not yet validated) and the
+    folder its relative paths are read from."""
     from capsim import scenarios  # built-ins live in their own package
 
     src = str(source)
@@ -609,4 +610,10 @@ def load_scenario(source: str | Path, overrides: list[str] | None = None) -> Sce
                              f"{type(data).__name__}"])
     if overrides:
         data = apply_overrides(data, overrides)
+    return data, base
+
+
+def load_scenario(source: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Load a scenario from a YAML/TOML file or a built-in name, apply overrides, validate."""
+    data, base = scenario_data(source, overrides)
     return parse_scenario(data, base_dir=base)
