@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from capsim.allocator import keep_freed_memory
+
+    keep_freed_memory()  # see capsim/allocator.py: runs reuse memory instead of page-faulting it in
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

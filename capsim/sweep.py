@@ -177,6 +177,9 @@ def run_point(sc: Scenario, rate: float | None, engine: str) -> dict:
 
 def run_chunk(scenarios: dict[int, Scenario], points: list[Point], engine: str) -> list[tuple[int, dict]]:
     """Rows for a list of points (what one worker task does)."""
+    from capsim.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a Dask worker is not started by capsim: set it here (once per process)
     return [(p.index, run_point(scenarios[p.config], p.rate_rps, engine)) for p in points]
 
 

@@ -77,7 +77,9 @@ def _num(lo, hi):
 
 
 @st.composite
-def scenarios(draw):
+def scenarios(draw, direct=False):
+    """A random scenario the fast engine supports; ``direct``: triton batching with nothing ever
+    dropped (no cap, no timeout), which the fast engine runs without its event queue."""
     B = draw(st.integers(1, 8))
     sizes = sorted({1, B} | set(draw(st.lists(st.integers(1, B), max_size=3))))
     ms, curve = draw(_num(0.5, 20)), {}
@@ -92,7 +94,7 @@ def scenarios(draw):
     contention = {}
     if instances > 1 and draw(st.booleans()):
         contention = {k: round(draw(_num(1.0, 2.0)), 3) for k in range(2, instances + 1)}
-    mode = draw(st.sampled_from(["triton", "timer"]))
+    mode = "triton" if direct else draw(st.sampled_from(["triton", "timer"]))
     preferred = []
     if mode == "triton" and B > 1 and draw(st.booleans()):
         preferred = draw(st.lists(st.integers(1, B), max_size=3, unique=True))
@@ -121,8 +123,8 @@ def scenarios(draw):
         "batching": {"mode": mode, "max_batch_size": B, "max_queue_delay_ms": draw(_num(0, 20)),
                      "preferred_batch_sizes": preferred},
         "instances": instances,
-        "queue": {"max_size": draw(st.one_of(st.just(0), st.integers(1, 30))),
-                  "timeout_ms": draw(st.one_of(st.just(0.0), _num(1, 150))),
+        "queue": {"max_size": 0 if direct else draw(st.one_of(st.just(0), st.integers(1, 30))),
+                  "timeout_ms": 0.0 if direct else draw(st.one_of(st.just(0.0), _num(1, 150))),
                   "on_full": draw(st.sampled_from(["reject", "drop_oldest"]))},
         "run": {"requests": draw(st.integers(300, 3000)), "warmup_requests": draw(st.integers(0, 100)),
                 "replications": 1},
@@ -137,6 +139,22 @@ def test_random_scenarios_identical(case):
     assert unsupported_features(sc) == []
     ref, fast = run_both(sc, seed)
     assert_same(ref, fast)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(direct=True))
+def test_random_drop_free_triton_scenarios_identical(case):
+    # The direct path (no event queue) against the SimPy engine's events, ties included.
+    sc, seed = case
+    assert FastEngine(sc).direct
+    ref, fast = run_both(sc, seed)
+    assert_same(ref, fast)
+
+
+def test_direct_path_is_only_taken_when_nothing_can_be_dropped():
+    assert FastEngine(load_scenario("mini-challenge")).direct
+    for o in ("queue.max_size=5", "queue.timeout_ms=50", "batching.mode=timer"):
+        assert not FastEngine(load_scenario("mini-challenge", [o])).direct, o
 
 
 # --------------------------------------------------------------------------- support and fallback
@@ -190,3 +208,16 @@ def test_engine_choice_auto_simpy_fast():
     assert simulate(cams, engine="auto").engine == "simpy"  # per-camera caps: falls back
     with pytest.raises(CapsimError, match="--engine fast: the fast engine does not model queue.per_source_max_size"):
         simulate(cams, engine="fast")
+
+
+def test_zero_length_batches_leave_the_direct_path_and_still_match():
+    # 0.0000004 ms rounds to 0 ns: an instance is free again in the instant it started, an ordering
+    # only the event queue gets right, so the fast engine switches to it for this run.
+    sc = parse_scenario({"arrivals": {"process": "constant", "rate_rps": 1000},
+                         "service": {"batch_latency_ms": {1: 0.0000004, 2: 0.0000004}},
+                         "batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}, "instances": 2,
+                         "run": {"requests": 500, "warmup_requests": 0, "replications": 1}})
+    assert FastEngine(sc).direct
+    ref, fast = run_both(sc, 3)
+    assert_same(ref, fast)
+    assert (ref.end == ref.start).all()

@@ -371,18 +371,119 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
 
 
 @njit(cache=True)
-def _gather(batch_of, entry, b_dispatch, b_end, b_size, b_inst, b_mark, timer, s):
-    """Per-request fields from the per-batch records (the same arithmetic as the SimPy engine's collect)."""
+def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mult,
+                   batch_of, b_dispatch, b_end, b_size, b_inst, b_mark):
+    """_simulate for triton batching with no queue cap and no timeout, without an event queue.
+
+    Nothing is dropped then, so the queue is every request from the head on, and the batch headed
+    by request h is ready at R = min(entry[h] + D, entry[h + B - 1], entry[h + pmin - 1]) (due,
+    full, smallest preferred size). It starts at the first instant T >= R at which an instance is
+    idle, never before the previous dispatch: the moment the event loop would decide it. At T the
+    instance is the lowest-numbered idle one and the batch takes what _simulate's decision takes.
+    Returns the batch count, or -1 when a batch would take 0 ns (an instance that is free again in
+    the same instant it started is ordered by the event queue; _simulate handles that).
+    """
+    n = entry.shape[0]
+    npref = preferred.shape[0]
+    pmin = preferred[npref - 1] if npref > 0 else 0
+    free = np.zeros(N, np.int64)  # when each instance last became idle (0: from the start)
+    h = 0
+    nb = 0
+    mpos = 0
+    last = np.int64(0)
+    while h < n:
+        r = entry[h] + D
+        f = h + B - 1
+        if f < n and entry[f] < r:
+            r = entry[f]
+        if pmin > 0:
+            f = h + pmin - 1
+            if f < n and entry[f] < r:
+                r = entry[f]
+        t = free[0]
+        for i in range(1, N):
+            if free[i] < t:
+                t = free[i]
+        if r > t:
+            t = r
+        if last > t:
+            t = last
+        q = 0
+        while q < B and h + q < n and entry[h + q] <= t:
+            q += 1
+        if q >= B:
+            k = B
+        elif t >= entry[h] + D:
+            k = q
+        else:
+            k = 0
+            for j in range(npref):
+                if preferred[j] <= q:
+                    k = preferred[j]
+                    break
+        inst = 0
+        while free[inst] > t:
+            inst += 1
+        busy = 1
+        for i in range(N):
+            if free[i] > t:
+                busy += 1
+        if use_mult:
+            m = mult[mpos]
+            mpos += 1
+            dt = np.int64(np.rint(mean_ns[k] * m * contention[busy]))
+        else:
+            dt = np.int64(np.rint(mean_ns[k] * contention[busy]))
+        if dt <= 0:
+            return -1
+        b_dispatch[nb] = t
+        b_end[nb] = t + dt
+        b_size[nb] = k
+        b_inst[nb] = inst
+        b_mark[nb] = free[inst]
+        for p in range(h, h + k):
+            batch_of[p] = nb
+        free[inst] = t + dt
+        h += k
+        nb += 1
+        last = t
+    return nb
+
+
+@njit(cache=True)
+def _gather(batch_of, arrival_ns, entry, drop_t, b_dispatch, b_end, b_size, b_inst, b_mark, timer, s,
+            post_delay_s, overhead_ms):
+    """Every per-request field of the trace in one pass, with the SimPy engine's float operations.
+
+    ``post_delay_s`` < 0: post-processing is a worker pool, so ``done`` and the latency are left
+    NaN for the caller to fill in completion order.
+    """
     n = batch_of.shape[0]
-    dispatch = np.full(n, np.nan)
-    start = np.full(n, np.nan)
-    end = np.full(n, np.nan)
-    formation_ms = np.full(n, np.nan)
+    arrival = np.empty(n)
+    entry_s = np.empty(n)
+    dispatch = np.empty(n)
+    start = np.empty(n)
+    end = np.empty(n)
+    done = np.empty(n)
+    latency = np.empty(n)
+    formation_ms = np.empty(n)
+    drop_t_s = np.empty(n)
     batch_size = np.zeros(n, np.int64)
-    instance = np.full(n, -1, np.int64)
+    instance = np.empty(n, np.int64)
+    nan = np.nan
     for i in range(n):
+        arrival[i] = arrival_ns[i] * s
+        entry_s[i] = entry[i] * s if entry[i] >= 0 else nan
+        drop_t_s[i] = drop_t[i] * s if drop_t[i] >= 0 else nan
         k = batch_of[i]
         if k < 0:
+            dispatch[i] = nan
+            start[i] = nan
+            end[i] = nan
+            done[i] = nan
+            latency[i] = nan
+            formation_ms[i] = nan
+            instance[i] = -1
             continue
         start[i] = b_dispatch[k] * s
         end[i] = b_end[k] * s
@@ -395,7 +496,27 @@ def _gather(batch_of, entry, b_dispatch, b_end, b_size, b_inst, b_mark, timer, s
         formation_ms[i] = formation * 1000.0
         batch_size[i] = b_size[k]
         instance[i] = b_inst[k]
-    return dispatch, start, end, formation_ms, batch_size, instance
+        if post_delay_s >= 0.0:
+            done[i] = end[i] + post_delay_s
+            latency[i] = (done[i] - arrival[i]) * 1000.0 + overhead_ms
+        else:
+            done[i] = nan
+            latency[i] = nan
+    return arrival, entry_s, dispatch, start, end, done, latency, formation_ms, drop_t_s, batch_size, instance
+
+
+@njit(cache=True)
+def _to_ns(times, ns, pre_ns):
+    """Arrival times in integer ns (rounded as np.rint does) and, for a pure pre-processing delay,
+    the queue entry times."""
+    n = times.shape[0]
+    arrival_ns = np.empty(n, np.int64)
+    entry = np.empty(n, np.int64)
+    for i in range(n):
+        a = np.int64(np.rint(times[i] * ns))
+        arrival_ns[i] = a
+        entry[i] = a + pre_ns
+    return arrival_ns, entry
 
 
 # --------------------------------------------------------------------------- the engine
@@ -429,16 +550,20 @@ class FastEngine:
         self.preferred = np.array(sorted(set(b.preferred_batch_sizes), reverse=True), dtype=np.int64)
         qc = scenario.queue
         self.timeout_ns = int(round(qc.timeout_ms * 1e6)) if qc.timeout_ms > 0 else -1
+        # Triton batching where nothing is ever dropped runs without the event queue (_triton_direct).
+        self.direct = b.mode == "triton" and qc.max_size == 0 and self.timeout_ns < 0
 
     def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
         if self.fallback is not None:
             return self.fallback.run(arrivals, service_rng)
         sc = self.sc
         n = len(arrivals)
-        arrival_ns = np.rint(arrivals.times * NS).astype(np.int64)
         pre = sc.service.preprocess
         pre_ns = int(round(pre.ms * 1e6))
-        entry = fifo_pool(arrival_ns.astype(np.float64), pre_ns, pre.workers).astype(np.int64)
+        arrival_ns, entry = _to_ns(np.ascontiguousarray(arrivals.times, dtype=np.float64), float(NS),
+                                   pre_ns if pre.workers <= 0 else 0)
+        if pre.workers > 0 and pre_ns > 0:  # a FIFO pool of workers, not a pure delay
+            entry = fifo_pool(arrival_ns.astype(np.float64), pre_ns, pre.workers).astype(np.int64)
 
         if self.sampler is not None and n:
             chunks = -(-n // _DRAW_CHUNK)  # at most one draw per batch, and batches <= requests
@@ -447,7 +572,6 @@ class FastEngine:
         else:
             mult = np.ones(1, np.float64)
 
-        status = np.zeros(n, np.int8)
         drop_reason = np.zeros(n, np.int8)
         drop_t = np.full(n, -1, np.int64)
         batch_of = np.full(n, -1, np.int64)
@@ -457,10 +581,19 @@ class FastEngine:
         b_inst = np.empty(n, np.int64)
         b_mark = np.empty(n, np.int64)
         qc, b = sc.queue, sc.batching
-        nb = _simulate(np.ascontiguousarray(entry), b.mode == "timer", b.max_batch_size, self.delay_ns,
-                       self.preferred, qc.max_size, qc.on_full == "drop_oldest", self.timeout_ns,
-                       sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
-                       status, drop_reason, drop_t, batch_of, b_dispatch, b_end, b_size, b_inst, b_mark)
+        nb = -1
+        if self.direct:
+            nb = _triton_direct(np.ascontiguousarray(entry), b.max_batch_size, self.delay_ns, self.preferred,
+                                sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
+                                batch_of, b_dispatch, b_end, b_size, b_inst, b_mark)
+            if nb < 0:
+                batch_of[:] = -1
+        if nb < 0:
+            status = np.zeros(n, np.int8)
+            nb = _simulate(np.ascontiguousarray(entry), b.mode == "timer", b.max_batch_size, self.delay_ns,
+                           self.preferred, qc.max_size, qc.on_full == "drop_oldest", self.timeout_ns,
+                           sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
+                           status, drop_reason, drop_t, batch_of, b_dispatch, b_end, b_size, b_inst, b_mark)
 
         b_dispatch, b_end, b_size, b_inst, b_mark = (x[:nb] for x in (b_dispatch, b_end, b_size, b_inst, b_mark))
         return self._collect(arrivals, arrival_ns, entry, batch_of, drop_reason, drop_t,
@@ -472,21 +605,17 @@ class FastEngine:
         sc = self.sc
         n = len(arr)
         s = 1.0 / NS
-        dispatch, start, end, formation_ms, batch_size, instance = _gather(
-            batch_of, entry, b_dispatch, b_end, b_size, b_inst, b_mark, sc.batching.mode == "timer", s)
         post = sc.service.postprocess
-        done = np.full(n, np.nan)
-        served_idx = np.flatnonzero(batch_of >= 0)
-        if len(served_idx):
-            if post.workers <= 0 or post.ms == 0.0:  # a pure delay: order does not matter
-                done[served_idx] = end[served_idx] + post.ms / 1000.0
-            else:  # FIFO by end time, ties by request index (a stable sort of ascending indices)
-                fifo = served_idx[np.argsort(end[served_idx], kind="stable")]
-                done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
-        arrival = arrival_ns * s
-        latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
-        entry_s = np.where(entry >= 0, entry * s, np.nan)
-        drop_t_s = np.where(drop_t >= 0, drop_t * s, np.nan)
+        pool = post.workers > 0 and post.ms != 0.0
+        (arrival, entry_s, dispatch, start, end, done, latency, formation_ms, drop_t_s, batch_size,
+         instance) = _gather(batch_of, arrival_ns, entry, drop_t, b_dispatch, b_end, b_size, b_inst, b_mark,
+                             sc.batching.mode == "timer", s, -1.0 if pool else post.ms / 1000.0,
+                             float(sc.service.overhead_ms))
+        if pool:  # FIFO by end time, ties by request index (a stable sort of ascending indices)
+            served_idx = np.flatnonzero(batch_of >= 0)
+            fifo = served_idx[np.argsort(end[served_idx], kind="stable")]
+            done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
+            latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
         warm = np.zeros(n, bool)
         warm[: min(sc.run.warmup_requests, n)] = True
         return ReplicationTrace(
