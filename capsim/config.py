@@ -278,6 +278,8 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if value is None:
         if optional:
             return None
+        if typing.get_origin(tp) in (dict, list):
+            return typing.get_origin(tp)()  # null empties a mapping or list (e.g. to use a profile)
         problems.append(f"{path}: must be set, got nothing")
         return None
     if dataclasses.is_dataclass(tp):

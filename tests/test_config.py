@@ -84,3 +84,11 @@ def test_toml_and_trace_scenarios(tmp_path):
     assert len(tr.arrival) == 150 and set(tr.source.tolist()) == {0, 1}
     # 100 rps against a 5 ms service: nobody waits, latency is the service time
     assert res.latency_ms["p50"] == pytest.approx(5.0, abs=1e-6)
+
+
+def test_null_empties_a_curve_so_a_profile_can_replace_it():
+    sc = load_scenario("mini-challenge", ["service.batch_latency_ms=null",
+                                          "service.profile=calibration/resnet18-onnxruntime-cpu-fp32.json"])
+    assert sc.service.batch_latency_ms == {} and sc.service.curve_ms()[1] > 0
+    with pytest.raises(ScenarioError, match="service.batch_latency_ms: required"):
+        load_scenario("mini-challenge", ["service.batch_latency_ms=null"])
