@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a field for every point, e.g. --set run.requests=100000")
     sw.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
+    rp = sub.add_parser("report", help="write a capacity report (HTML, Markdown or JSON) for a scenario")
+    rp.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="scenario file or built-in name")
+    rp.add_argument("--plan", action="store_true", help="run the planner and report its answer and recommended config")
+    rp.add_argument("--sweep", metavar="SWEEP.csv", help="add the Pareto front of a capsim sweep table")
+    rp.add_argument("--out", required=True, help="report.html (self-contained), report.md (+ PNGs) or report.json")
+    rp.add_argument("--engine", choices=("auto", "simpy", "fast"), default="auto")
+    rp.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    rp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    ui = sub.add_parser("ui", help="open the what-if app in the browser (Streamlit)")
+    ui.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    ui.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
+
     m = sub.add_parser("models", help="the built-in model zoo: list, or export one to ONNX/TorchScript")
     m.add_argument("action", choices=("list", "export"), nargs="?", default="list")
     m.add_argument("name", nargs="?", help="model to export")
@@ -130,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_plan(args)
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "ui":
+            return cmd_ui(args)
         if args.command == "models":
             return cmd_models(args)
         if args.command == "calibrate":
@@ -363,6 +380,60 @@ def sweep_summary(res, out: str, seconds: float) -> str:
     if unstable:
         lines.append(f"{unstable} points are unstable (offered load above capacity): their latency columns are empty")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report, ui
+
+
+def cmd_report(args) -> int:
+    try:
+        from capsim import report
+        import plotly  # noqa: F401 - the charts need it; say so before simulating
+    except ImportError:
+        raise CapsimError("capsim report: needs plotly; pip install -e '.[ui]'") from None
+    if not args.out.lower().endswith((".html", ".htm", ".md", ".json")):
+        raise CapsimError(f"--out {args.out}: write a .html, .md or .json report")
+    sc = load_scenario(args.scenario, args.overrides)
+    show = not args.quiet
+
+    def progress(msg: str) -> None:
+        if show:
+            print(f"report: {msg}", file=sys.stderr, flush=True)
+
+    rep = report.build(sc, with_plan=args.plan, sweep_csv=args.sweep, engine=args.engine, progress=progress)
+    files = report.write(rep, args.out)
+    c = rep.content
+    print(f"capsim report: {c['verdict'].upper()} — {report.answer(c)}")
+    for f in files:
+        print(f"  wrote {f}")
+    return 0
+
+
+def app_path():
+    """app.py at the project root (beside the capsim package)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "app.py"
+    if not path.exists():
+        raise CapsimError(f"capsim ui: {path} not found; run from a checkout installed with pip install -e '.[ui]'")
+    return path
+
+
+def cmd_ui(args) -> int:
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise CapsimError("capsim ui: needs streamlit; pip install -e '.[ui]'")
+    if not 0 < args.port < 65536:
+        raise CapsimError(f"--port: must be 1..65535, got {args.port}")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path()), "--server.port", str(args.port),
+           "--server.address", args.host, "--browser.gatherUsageStats", "false"]
+    print(f"capsim ui: http://{args.host}:{args.port}  (Ctrl-C stops it)", file=sys.stderr)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130
 
 
 # --------------------------------------------------------------------------- models, calibrate, profile
