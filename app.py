@@ -34,17 +34,34 @@ CALIBRATION = project_dir() / "calibration"
 
 @st.cache_resource(max_entries=64, show_spinner=False)
 def run(scenario_yaml: str, base_dir: str, engine: str):
-    """Simulate the scenario (text as the cache key) and its verdict card; cached across reruns."""
+    """Simulate the scenario (its text is the cache key); cached across reruns."""
     sc = parse_scenario(yaml.safe_load(scenario_yaml), base_dir)
-    res = simulate(sc, engine=engine)
-    return sc, res, explore.verdict_card(sc, res, engine)
+    return sc, simulate(sc, engine=engine)
+
+
+# The max sustainable rate and the latency-vs-rate curve do not depend on the offered rate, so
+# they are cached on the rate-free scenario: moving the rate slider only re-runs the scenario.
+@st.cache_resource(max_entries=64, show_spinner=False)
+def max_rate(rate_free_yaml: str, base_dir: str, engine: str) -> float:
+    return explore.max_rate(parse_scenario(yaml.safe_load(rate_free_yaml), base_dir), engine)
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
-def curves(scenario_yaml: str, base_dir: str, engine: str):
-    sc = parse_scenario(yaml.safe_load(scenario_yaml), base_dir)
-    rate = explore.rate_curve(sc, engine=engine)
-    return rate, explore.knee(rate), explore.batch_curve(sc, engine=engine)
+def rate_curve(rate_free_yaml: str, base_dir: str, engine: str):
+    rate = explore.rate_curve(parse_scenario(yaml.safe_load(rate_free_yaml), base_dir), engine=engine)
+    return rate, explore.knee(rate)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def batch_curve(scenario_yaml: str, base_dir: str, engine: str):
+    return explore.batch_curve(parse_scenario(yaml.safe_load(scenario_yaml), base_dir), engine=engine)
+
+
+def evaluate(sc, engine: str):
+    """(scenario, result, verdict card) for the app, from the caches above."""
+    sc2, res = run(scenario_text(sc), sc.base_dir, engine)
+    m = max_rate(scenario_text(explore.rate_free(sc)), sc.base_dir, engine)
+    return sc2, res, explore.verdict_card(sc2, res, engine, max_rate_rps=m)
 
 
 def scenario_text(sc) -> str:
@@ -162,11 +179,11 @@ def verdict_card(card: dict, title: str = "Verdict", run_note: str = "") -> None
 
 
 def show_charts(sc, res, card, engine: str, with_curves: bool) -> dict:
-    text = scenario_text(sc)
     rate = knee = batch = None
     if with_curves:
         with st.spinner("latency vs rate and vs batch size…"):
-            rate, knee, batch = curves(text, sc.base_dir, engine)
+            rate, knee = rate_curve(scenario_text(explore.rate_free(sc)), sc.base_dir, engine)
+            batch = batch_curve(scenario_text(sc), sc.base_dir, engine)
     figs = charts.all_figures(res, card, rate, knee, batch, explore.timeline(res))
     names = list(figs)
     for i in range(0, len(names), 2):
@@ -318,7 +335,7 @@ def main() -> None:
         sc = explore.short(sc, QUICK["requests"], QUICK["replications"])
     with st.spinner("simulating…"):
         try:
-            sc, res, card = run(scenario_text(sc), base, engine)
+            sc, res, card = evaluate(sc, engine)
         except CapsimError as exc:
             st.error(str(exc))
             st.stop()
@@ -329,7 +346,7 @@ def main() -> None:
         if st.button("pin the current config as A", key="pin") or "pinned" not in st.session_state:
             st.session_state["pinned"] = (scenario_text(sc), base)
         text_a, base_a = st.session_state["pinned"]
-        compare_view(run(text_a, base_a, engine), (sc, res, card))
+        compare_view(evaluate(parse_scenario(yaml.safe_load(text_a), base_a), engine), (sc, res, card))
     else:
         verdict_card(card, run_note=note)
         show_charts(sc, res, card, engine, with_curves)

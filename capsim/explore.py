@@ -44,8 +44,33 @@ def evaluation(sc: Scenario, res: SimulationResult, slo: SLO) -> Evaluation:
                       verdict, obs, ci, res)
 
 
-def verdict_card(sc: Scenario, res: SimulationResult, engine: str = "auto", max_rate: bool = True) -> dict:
-    """Does this config meet its SLO here, by how much, and up to which rate?"""
+def rate_free(sc: Scenario) -> Scenario:
+    """``sc`` at a reference rate of 1 rps and no throughput goal: what the rate curve and the
+    max-rate search depend on (they set their own rates), so they can be cached across rates."""
+    out = with_rate(sc, 1.0)
+    if out.slo:
+        out.slo = SLO(percentile=out.slo.percentile, latency_ms=out.slo.latency_ms, min_throughput_rps=0.0)
+    return out
+
+
+def max_rate(sc: Scenario, engine: str = "auto") -> float:
+    """Highest rate at which this config meets the SLO's latency (interval-aware bisection from the
+    throughput bound down; does not depend on the scenario's own rate)."""
+    slo = slo_of(sc)
+    bound = throughput_bound(sc)
+    cfg = short(rate_free(sc))
+    b = sc.batching
+    e = Evaluation(b.mode, b.max_batch_size, b.max_queue_delay_ms, sc.instances, bound, "", None, None, None)
+    return max_sustainable_rate(cfg, e, slo, bound, engine)
+
+
+def verdict_card(sc: Scenario, res: SimulationResult, engine: str = "auto", max_rate_rps: float | None = None,
+                 with_max_rate: bool = True) -> dict:
+    """Does this config meet its SLO here, by how much, and up to which rate?
+
+    ``max_rate_rps``: the config's max sustainable rate if already known (else searched when
+    ``with_max_rate``).
+    """
     slo = slo_of(sc)
     key = _pname(slo.percentile)
     rate = sc.arrivals.offered_rps()
@@ -56,10 +81,11 @@ def verdict_card(sc: Scenario, res: SimulationResult, engine: str = "auto", max_
             "unstable_reason": res.unstable_reason, "rate_rps": rate, "throughput_rps": res.throughput_rps,
             "drop_rate": res.drop_rate, "utilization": res.utilization, "max_rate_rps": None, "headroom_pct": None,
             "slo_from_scenario": sc.slo is not None}
-    if max_rate and rate:
-        m = max_sustainable_rate(short(sc), e, slo, rate, engine)
-        card["max_rate_rps"] = m
-        card["headroom_pct"] = (m / rate - 1.0) * 100.0
+    if max_rate_rps is None and with_max_rate:
+        max_rate_rps = max_rate(sc, engine)
+    if max_rate_rps is not None and rate:
+        card["max_rate_rps"] = float(max_rate_rps)
+        card["headroom_pct"] = (max_rate_rps / rate - 1.0) * 100.0
     return card
 
 

@@ -5,13 +5,15 @@ and :mod:`capsim.sim.queue` onto numpy arrays: the same lazy admission, the same
 order (a heap keyed on (time, priority, scheduling order), as SimPy keys its own queue), the same
 ``wake_pending`` bookkeeping, so that every per-request field comes out identical, ties included.
 
-Supported: one queue, triton batching (with ``preferred_batch_sizes``) and timer batching, N
-instances with contention, queue caps (reject / drop_oldest), queue timeouts, per-request
-overhead, pre/post stages and service variability (none, exponential, gamma, lognormal: the
-multipliers are drawn up front from the service generator in the SimPy engine's chunks of 4096,
-and consumed in batch-dispatch order). Not supported (see :func:`unsupported_features`): per-source
-caps, stride > 1, empirical variability; :class:`FastEngine` hands such scenarios to
-:class:`~capsim.sim.engine.SimPyEngine` (or refuses them with ``fallback=False``).
+Supported: everything the scenario model has today: one queue, triton batching (with
+``preferred_batch_sizes``) and timer batching, N instances with contention, queue caps (reject /
+drop_oldest, overall and per source), queue timeouts, stride, per-request overhead, pre/post
+stages and service variability (none, exponential, gamma, lognormal, empirical: the draws are
+made up front from the service generator in the SimPy engine's chunks of 4096 and consumed in
+batch-dispatch order). Triton batching with nothing dropped in the queue skips the event queue
+altogether (:func:`_triton_direct`). A feature listed by :func:`unsupported_features` makes
+:class:`FastEngine` hand the scenario to :class:`~capsim.sim.engine.SimPyEngine` (or refuse it
+with ``fallback=False``).
 """
 
 from __future__ import annotations
@@ -21,26 +23,20 @@ from numba import njit
 
 from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario
-from capsim.service import ServiceCurve, contention_table, variability_sampler
+from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim.engine import _DRAW_CHUNK, NS, ReplicationTrace, SimPyEngine
 from capsim.sim.stages import fifo_pool
 
 # Request status, as in capsim.sim.queue.
 _PENDING, _QUEUED, _DISPATCHED, _DROPPED = 0, 1, 2, 3
 # Drop reasons, as in capsim.sim.queue.DROP_REASONS.
-_REJECTED, _DROPPED_OLDEST, _TIMEOUT = 1, 2, 3
+_REJECTED, _DROPPED_OLDEST, _TIMEOUT, _STRIDE = 1, 2, 3, 4
 
 
 def unsupported_features(sc: Scenario) -> list[str]:
-    """What in ``sc`` the fast engine cannot run (empty when it can)."""
-    out = []
-    if sc.queue.per_source_max_size > 0:
-        out.append("queue.per_source_max_size")
-    if sc.queue.stride > 1:
-        out.append("queue.stride")
-    if sc.service.variability.distribution == "empirical":
-        out.append("service.variability.distribution: empirical")
-    return out
+    """What in ``sc`` the fast engine cannot run (empty when it can: today it runs every feature
+    of the scenario model; new features start on the SimPy engine and are listed here)."""
+    return []
 
 
 # --------------------------------------------------------------------------- the compiled loop
@@ -108,7 +104,7 @@ def _oldest(status, head):
 
 
 @njit(cache=True)
-def _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, t):
+def _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, t, src, src_count, pcap):
     """QueueTimeout.expire_before: drop queued requests whose deadline is strictly before ``t``.
 
     Returns the new (head, qlen).
@@ -122,15 +118,39 @@ def _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, t):
         drop_reason[head] = 3
         drop_t[head] = dl
         qlen -= 1
+        if pcap > 0:
+            src_count[src[head]] -= 1
     return head, qlen
 
 
 @njit(cache=True)
-def _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest, capped):
-    """Admission.admit_next: the arrival at position ``nxt`` (time ``a``) through the queue cap.
+def _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest, capped,
+           src, src_count, pcap, src_pos, src_head):
+    """Admission.admit_next: the arrival at position ``nxt`` (time ``a``) through the per-source
+    cap ``pcap`` (0: none), then the overall cap.
 
-    Returns the new (nxt, qlen, head).
+    ``src_pos`` lists each source's positions in order; ``src_head[s]`` is where the search for
+    source s's oldest queued request resumes. Returns the new (nxt, qlen, head).
     """
+    if pcap > 0:
+        sid = src[nxt]
+        if src_count[sid] >= pcap:
+            if drop_oldest:  # evict the source's oldest queued request
+                h = src_head[sid]
+                while status[src_pos[h]] != 1:
+                    h += 1
+                src_head[sid] = h
+                o = src_pos[h]
+                status[o] = 3
+                drop_reason[o] = 2
+                drop_t[o] = a
+                qlen -= 1
+                src_count[sid] -= 1
+            else:
+                status[nxt] = 3
+                drop_reason[nxt] = 1
+                drop_t[nxt] = a
+                return nxt + 1, qlen, head
     if capped and qlen >= max_size:
         if drop_oldest:  # evict the oldest queued request
             head = _oldest(status, head)
@@ -138,25 +158,45 @@ def _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldes
             drop_reason[head] = 2
             drop_t[head] = a
             qlen -= 1
+            if pcap > 0:
+                src_count[src[head]] -= 1
         else:  # reject the arrival
             status[nxt] = 3
             drop_reason[nxt] = 1
             drop_t[nxt] = a
             return nxt + 1, qlen, head
     status[nxt] = 1
+    if pcap > 0:
+        src_count[src[nxt]] += 1
     return nxt + 1, qlen + 1, head
 
 
 @njit(cache=True)
 def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, mean_ns, contention,
-              mult, use_mult, status, drop_reason, drop_t, batch_of,
-              b_dispatch, b_end, b_size, b_inst, b_mark):
+              mult, use_mult, emp, emp_len, status, drop_reason, drop_t, batch_of,
+              b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, n_src):
     """Run the whole replication; fills the per-request and per-batch arrays, returns the batch count.
 
     ``entry``: entry time (ns) of each request, in queue (position) order; ``timeout`` < 0: none;
-    ``max_size`` 0: no cap; ``preferred``: preferred batch sizes, largest first.
+    ``max_size`` 0: no cap; ``preferred``: preferred batch sizes, largest first; ``emp``: measured
+    service-time ratios per batch size (row b, first ``emp_len[b]`` entries; empty: not empirical);
+    ``src``: each position's source, ``pcap``: the per-source cap (0: none).
     """
     INF = np.int64(1) << np.int64(62)
+    # per-source bookkeeping (only used with a per-source cap)
+    src_count = np.zeros(n_src, np.int64)
+    src_start = np.zeros(n_src + 1, np.int64)
+    src_pos = np.empty(entry.shape[0] if pcap > 0 else 0, np.int64)
+    if pcap > 0:
+        for p in range(entry.shape[0]):
+            src_start[src[p] + 1] += 1
+        for k in range(n_src):
+            src_start[k + 1] += src_start[k]
+        fill = src_start[:n_src].copy()
+        for p in range(entry.shape[0]):
+            src_pos[fill[src[p]]] = p
+            fill[src[p]] += 1
+    src_head = src_start[:n_src].copy()
     n = entry.shape[0]
     has_timeout = timeout >= 0
     simple_cap = max_size > 0
@@ -234,7 +274,8 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                     head = _oldest(status, head)
                     d = entry[head] + timeout
                 if d < a and d < c and d < now:  # expire(d + 1)
-                    head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, d + 1)
+                    head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, d + 1,
+                                                  src, src_count, pcap)
                     continue
                 if c < a and c <= now:  # close the open batch at c
                     c_t[c_last] = c
@@ -246,7 +287,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                 if a <= now:
                     # intake.one(): admit the next arrival through the cap
                     nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest,
-                                             simple_cap)
+                                             simple_cap, src, src_count, pcap, src_pos, src_head)
                     cnt = 0
                     for p in range(open_pos, nxt):
                         if status[p] == 1:
@@ -264,11 +305,13 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             while nxt < n and entry[nxt] <= now:
                 a = entry[nxt]
                 if has_timeout:  # expire(a): deadlines strictly before a
-                    head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, a)
+                    head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, a,
+                                                  src, src_count, pcap)
                 nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest,
-                                         simple_cap)
+                                         simple_cap, src, src_count, pcap, src_pos, src_head)
             if has_timeout:  # expire(now)
-                head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, now)
+                head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, now,
+                                              src, src_count, pcap)
 
         # ---- dispatch while an instance is idle and a batch is ready
         while n_idle > 0:
@@ -285,6 +328,8 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                             status[p] = 2
                             batch_of[p] = nb
                             k += 1
+                            if pcap > 0:
+                                src_count[src[p]] -= 1
                     if k > 0:
                         qlen -= k
                         mark = ct
@@ -311,6 +356,8 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                                 status[p] = 2
                                 batch_of[p] = nb
                                 k += 1
+                                if pcap > 0:
+                                    src_count[src[p]] -= 1
                             p += 1
                         qlen -= k
             if k == 0:
@@ -324,6 +371,8 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             if use_mult:
                 m = mult[mpos]
                 mpos += 1
+                if emp.shape[0] > 0:  # m is a uniform draw: pick a measured sample of this size
+                    m = emp[k, int(m * emp_len[k])]
                 dt = np.int64(np.rint(mean_ns[k] * m * contention[busy]))
             else:
                 dt = np.int64(np.rint(mean_ns[k] * contention[busy]))
@@ -371,7 +420,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
 
 
 @njit(cache=True)
-def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mult,
+def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mult, emp, emp_len,
                    batch_of, b_dispatch, b_end, b_size, b_inst, b_mark):
     """_simulate for triton batching with no queue cap and no timeout, without an event queue.
 
@@ -431,6 +480,8 @@ def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mul
         if use_mult:
             m = mult[mpos]
             mpos += 1
+            if emp.shape[0] > 0:
+                m = emp[k, int(m * emp_len[k])]
             dt = np.int64(np.rint(mean_ns[k] * m * contention[busy]))
         else:
             dt = np.int64(np.rint(mean_ns[k] * contention[busy]))
@@ -546,54 +597,90 @@ class FastEngine:
         self.contention = np.ascontiguousarray(contention_table(scenario.service, scenario.instances),
                                                dtype=np.float64)
         self.sampler = variability_sampler(scenario.service.variability)
+        self.emp = np.empty((0, 0), np.float64)  # measured service-time ratios (variability: empirical)
+        self.emp_len = np.empty(0, np.int64)
+        if scenario.service.variability.distribution == "empirical":
+            table = empirical_ratios(scenario.service.loaded_profile.samples_ms(), self.curve)
+            self.emp_len = np.array([0] + [len(r) for r in table[1:]], np.int64)
+            self.emp = np.zeros((len(table), int(self.emp_len.max())), np.float64)
+            for k, r in enumerate(table[1:], start=1):
+                self.emp[k, : len(r)] = r
         self.delay_ns = int(round(b.max_queue_delay_ms * 1e6))
         self.preferred = np.array(sorted(set(b.preferred_batch_sizes), reverse=True), dtype=np.int64)
         qc = scenario.queue
         self.timeout_ns = int(round(qc.timeout_ms * 1e6)) if qc.timeout_ms > 0 else -1
-        # Triton batching where nothing is ever dropped runs without the event queue (_triton_direct).
-        self.direct = b.mode == "triton" and qc.max_size == 0 and self.timeout_ns < 0
+        # Triton batching where nothing in the queue is ever dropped runs without the event queue
+        # (_triton_direct); stride drops happen before the queue, so they do not count.
+        self.direct = (b.mode == "triton" and qc.max_size == 0 and self.timeout_ns < 0
+                       and qc.per_source_max_size == 0)
 
     def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
         if self.fallback is not None:
             return self.fallback.run(arrivals, service_rng)
         sc = self.sc
+        qc, b = sc.queue, sc.batching
         n = len(arrivals)
         pre = sc.service.preprocess
         pre_ns = int(round(pre.ms * 1e6))
+        pool = pre.workers > 0 and pre_ns > 0  # a FIFO pool of workers, not a pure delay
         arrival_ns, entry = _to_ns(np.ascontiguousarray(arrivals.times, dtype=np.float64), float(NS),
-                                   pre_ns if pre.workers <= 0 else 0)
-        if pre.workers > 0 and pre_ns > 0:  # a FIFO pool of workers, not a pure delay
-            entry = fifo_pool(arrival_ns.astype(np.float64), pre_ns, pre.workers).astype(np.int64)
+                                   0 if pool else pre_ns)
+        # Stride: frames not kept never reach the queue; the engine runs on the kept ones only.
+        order = np.flatnonzero(arrivals.frame % qc.stride == 0) if qc.stride > 1 else None
+        entry_q = entry if order is None else entry[order]
+        if pool:
+            arr_q = arrival_ns if order is None else arrival_ns[order]
+            entry_q = fifo_pool(arr_q.astype(np.float64), pre_ns, pre.workers).astype(np.int64)
+        nq = len(entry_q)
 
-        if self.sampler is not None and n:
-            chunks = -(-n // _DRAW_CHUNK)  # at most one draw per batch, and batches <= requests
+        if self.sampler is not None and nq:
+            chunks = -(-nq // _DRAW_CHUNK)  # at most one draw per batch, and batches <= requests
             mult = np.concatenate([np.asarray(self.sampler(service_rng, _DRAW_CHUNK), dtype=np.float64)
                                    for _ in range(chunks)])
         else:
             mult = np.ones(1, np.float64)
 
-        drop_reason = np.zeros(n, np.int8)
-        drop_t = np.full(n, -1, np.int64)
-        batch_of = np.full(n, -1, np.int64)
-        b_dispatch = np.empty(n, np.int64)
-        b_end = np.empty(n, np.int64)
-        b_size = np.empty(n, np.int64)
-        b_inst = np.empty(n, np.int64)
-        b_mark = np.empty(n, np.int64)
-        qc, b = sc.queue, sc.batching
+        drop_reason = np.zeros(nq, np.int8)
+        drop_t = np.full(nq, -1, np.int64)
+        batch_of = np.full(nq, -1, np.int64)
+        b_dispatch = np.empty(nq, np.int64)
+        b_end = np.empty(nq, np.int64)
+        b_size = np.empty(nq, np.int64)
+        b_inst = np.empty(nq, np.int64)
+        b_mark = np.empty(nq, np.int64)
+        entry_q = np.ascontiguousarray(entry_q)
         nb = -1
         if self.direct:
-            nb = _triton_direct(np.ascontiguousarray(entry), b.max_batch_size, self.delay_ns, self.preferred,
-                                sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
+            nb = _triton_direct(entry_q, b.max_batch_size, self.delay_ns, self.preferred, sc.instances, self.mean_ns,
+                                self.contention, mult, self.sampler is not None, self.emp, self.emp_len,
                                 batch_of, b_dispatch, b_end, b_size, b_inst, b_mark)
             if nb < 0:
                 batch_of[:] = -1
         if nb < 0:
-            status = np.zeros(n, np.int8)
-            nb = _simulate(np.ascontiguousarray(entry), b.mode == "timer", b.max_batch_size, self.delay_ns,
+            status = np.zeros(nq, np.int8)
+            pcap = qc.per_source_max_size
+            src = arrivals.source.astype(np.int64) if order is None else arrivals.source[order].astype(np.int64)
+            nb = _simulate(entry_q, b.mode == "timer", b.max_batch_size, self.delay_ns,
                            self.preferred, qc.max_size, qc.on_full == "drop_oldest", self.timeout_ns,
                            sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
-                           status, drop_reason, drop_t, batch_of, b_dispatch, b_end, b_size, b_inst, b_mark)
+                           self.emp, self.emp_len, status, drop_reason, drop_t, batch_of,
+                           b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, max(arrivals.n_sources, 1))
+        if order is not None:  # back to every request: the skipped ones are stride drops at arrival
+            skipped = np.ones(n, bool)
+            skipped[order] = False
+            full_entry = np.full(n, -1, np.int64)
+            full_entry[order] = entry_q
+            full_batch = np.full(n, -1, np.int64)
+            full_batch[order] = batch_of
+            full_reason = np.zeros(n, np.int8)
+            full_reason[skipped] = _STRIDE
+            full_reason[order] = drop_reason
+            full_drop_t = np.full(n, -1, np.int64)
+            full_drop_t[skipped] = arrival_ns[skipped]
+            full_drop_t[order] = drop_t
+            entry, batch_of, drop_reason, drop_t = full_entry, full_batch, full_reason, full_drop_t
+        else:
+            entry = entry_q
 
         b_dispatch, b_end, b_size, b_inst, b_mark = (x[:nb] for x in (b_dispatch, b_end, b_size, b_inst, b_mark))
         return self._collect(arrivals, arrival_ns, entry, batch_of, drop_reason, drop_t,
