@@ -124,3 +124,40 @@ def test_export_buttons_produce_the_report_and_the_sweep_table():
     rows = list(csv.DictReader(io.StringIO(at.session_state["sweep_csv"].decode())))
     assert len(rows) == 4 * 8 and "pareto" in rows[0]  # max batch 1,2,4,8 x 8 rates
     assert any(r["pareto"] == "True" for r in rows)
+
+
+def test_capsim_ui_serves_the_app(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "capsim.cli", "ui", "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "STREAMLIT_SERVER_HEADLESS": "true"})
+    try:
+        deadline, ok = time.time() + 90, False
+        while time.time() < deadline and not ok:
+            try:
+                ok = urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok"
+            except OSError:
+                time.sleep(0.3)
+        assert ok, "capsim ui did not serve within 90 s"
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert "<div id=\"root\">" in page or "streamlit" in page.lower()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_capsim_ui_rejects_a_bad_port():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "capsim.cli", "ui", "--port", "70000"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "--port" in r.stderr
