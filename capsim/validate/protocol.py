@@ -1,0 +1,49 @@
+"""The HTTP contract between ``capsim serve`` and ``capsim load`` (and any other client).
+
+POST ``INFER_PATH`` with the payload as the body:
+  - ``Content-Type: image/jpeg``: a JPEG image, decoded and pre-processed by the server;
+  - ``Content-Type: application/octet-stream``: a raw float32 tensor (C x H x W, C order) of
+    the model's input shape, given in the ``X-Tensor-Shape`` header as ``3x224x224``.
+Optional request headers: ``X-Source`` (camera / client id, an integer >= 0: per-source caps
+count by it), ``X-Request-Id`` (echoed back).
+
+200: JSON ``{"outputs": ...}`` (the model's result: top-5 classes, or boxes, or a mask summary)
+plus the timing headers below. 503: the server dropped the request; JSON ``{"error": reason,
+"detail": ...}`` and ``X-Drop-Reason`` (``rejected``, ``dropped_oldest``, ``timeout``, ``stride``,
+``shutting_down``). 400: a payload the server cannot read (one-line reason).
+
+GET ``HEALTH_PATH``: ``ok``. GET ``METRICS_PATH``: Prometheus text format.
+"""
+
+from __future__ import annotations
+
+INFER_PATH = "/v1/infer"
+HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+
+# Response headers: every completed request carries these (milliseconds, as decimal text).
+H_PREPROCESS = "X-Preprocess-Ms"     # JPEG decode + resize + normalise (or tensor parse)
+H_QUEUE_WAIT = "X-Queue-Wait-Ms"     # from entering the batcher's queue to its batch starting
+H_BATCH_SIZE = "X-Batch-Size"        # requests in the batch it ran in
+H_COMPUTE = "X-Batch-Compute-Ms"     # the batch's model run on its instance
+H_POSTPROCESS = "X-Postprocess-Ms"   # turning this request's slice of the output into JSON
+H_SERVER_TOTAL = "X-Server-Total-Ms"  # from the request's body being read to the response being ready
+H_INSTANCE = "X-Instance"            # which model instance ran it
+H_DROP = "X-Drop-Reason"
+H_SOURCE = "X-Source"
+H_REQUEST_ID = "X-Request-Id"
+H_SHAPE = "X-Tensor-Shape"
+
+TIMING_HEADERS = (H_PREPROCESS, H_QUEUE_WAIT, H_BATCH_SIZE, H_COMPUTE, H_POSTPROCESS, H_SERVER_TOTAL, H_INSTANCE)
+
+
+def infer_url(url: str) -> str:
+    """The inference endpoint for a server's base URL (``http://host:port``) or the endpoint itself."""
+    url = url.rstrip("/")
+    return url if url.endswith(INFER_PATH) else url + INFER_PATH
+
+
+def base_url(url: str) -> str:
+    """The server's base URL from either form."""
+    url = url.rstrip("/")
+    return url[: -len(INFER_PATH)] if url.endswith(INFER_PATH) else url
