@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     ui.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
 
+    from capsim.validate import commands as validate_commands
+
+    validate_commands.add_serve_parser(sub)
+
     m = sub.add_parser("models", help="the built-in model zoo: list, or export one to ONNX/TorchScript")
     m.add_argument("action", choices=("list", "export"), nargs="?", default="list")
     m.add_argument("name", nargs="?", help="model to export")
@@ -143,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_plan(args)
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "serve":
+            from capsim.validate.commands import cmd_serve
+
+            return cmd_serve(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "ui":

@@ -1,0 +1,84 @@
+"""The argparse side of ``capsim serve`` / ``load`` / ``validate``: options only, so that
+``capsim --help`` does not import aiohttp or a model runtime."""
+
+from __future__ import annotations
+
+import sys
+
+from capsim.errors import CapsimError
+
+
+def add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="a real micro-batched inference server (HTTP) with capsim's batching rules")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="built-in model (capsim models list), or noop (no work: measures overhead)")
+    src.add_argument("--model-file", help="your own model.onnx or TorchScript .pt")
+    s.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    s.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    s.add_argument("--max-batch-size", type=int, default=8)
+    s.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    s.add_argument("--preferred-batch-sizes", default="", help="e.g. 4,8")
+    s.add_argument("--instances", type=int, default=1)
+    s.add_argument("--queue-max-size", type=int, default=0, help="0: unbounded")
+    s.add_argument("--per-source-max-size", type=int, default=0, help="cap per X-Source (camera); 0: none")
+    s.add_argument("--on-full", choices=("reject", "drop_oldest"), default="reject")
+    s.add_argument("--queue-timeout-ms", type=float, default=0.0, help="0: none")
+    s.add_argument("--preprocess-workers", type=int, default=1, help="threads decoding JPEGs (default 1)")
+    s.add_argument("--threads", type=int, help="runtime threads per instance (default: cores / instances)")
+    s.add_argument("--input-shape", help="CxHxW for --model-file or noop (default 3x224x224)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+
+
+def cmd_serve(args) -> int:
+    from capsim.validate import require_serve
+
+    require_serve()
+    import asyncio
+
+    from capsim.validate.server import InferenceServer, load_model, serve
+
+    for name in ("max_batch_size", "instances"):
+        if getattr(args, name) < 1:
+            raise CapsimError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    for name in ("max_queue_delay_ms", "queue_timeout_ms"):
+        if getattr(args, name) < 0:
+            raise CapsimError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(args, name):g}")
+    for name in ("queue_max_size", "per_source_max_size"):
+        if getattr(args, name) < 0:
+            raise CapsimError(f"--{name.replace('_', '-')}: must be >= 0 (0: no cap), got {getattr(args, name)}")
+    if args.preprocess_workers < 1:
+        raise CapsimError(f"--preprocess-workers: must be >= 1, got {args.preprocess_workers}")
+    if not 0 <= args.port < 65536:
+        raise CapsimError(f"--port: must be 0..65535, got {args.port}")
+    try:
+        preferred = [int(v) for v in args.preferred_batch_sizes.split(",") if v.strip()]
+    except ValueError:
+        raise CapsimError(f"--preferred-batch-sizes: {args.preferred_batch_sizes!r} is not a list of integers") from None
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.lower().split("x"))
+            assert len(shape) == 3 and min(shape) > 0
+        except (ValueError, AssertionError):
+            raise CapsimError(f"--input-shape: {args.input_shape!r} is not CxHxW, e.g. 3x224x224") from None
+    print(f"capsim serve: loading {args.model or args.model_file} ({args.backend}, {args.device}, {args.precision}) "
+          f"x {args.instances} instance(s)", file=sys.stderr, flush=True)
+    host = load_model(args.model, args.model_file, args.backend, args.device, args.precision, args.instances,
+                      args.threads, shape)
+
+    async def main() -> None:
+        server = InferenceServer(host, args.max_batch_size, args.max_queue_delay_ms, args.instances, preferred,
+                                 args.queue_max_size, args.per_source_max_size, args.on_full, args.queue_timeout_ms,
+                                 args.preprocess_workers)
+        await serve(server, args.host, args.port,
+                    ready=lambda url: print(f"capsim serve: listening on {url} (max batch {args.max_batch_size}, "
+                                            f"delay {args.max_queue_delay_ms:g} ms, {args.instances} instance(s))",
+                                            flush=True))
+        c = server.counts
+        print(f"capsim serve: stopped; received {server.received}, " + ", ".join(f"{k} {v}" for k, v in c.items()),
+              file=sys.stderr, flush=True)
+
+    asyncio.run(main())
+    return 0

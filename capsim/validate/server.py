@@ -1,0 +1,369 @@
+"""``capsim serve``: a real micro-batched inference server with the simulator's batching rules.
+
+Stack: aiohttp on one asyncio event loop. The HTTP handlers, the dynamic batcher
+(:class:`~capsim.validate.batching.ServerBatcher`) and the bookkeeping all live on that loop,
+so the queue needs no locks and a batch decision sees every arrival up to its instant; the
+blocking work runs on threads that release the GIL: JPEG decoding on a pool of
+``preprocess_workers`` threads (the simulator's pre-processing stage), and each model instance
+on its own thread with its own runtime session (ONNX Runtime or torch). aiohttp was chosen over
+an ASGI stack (uvicorn + starlette) because it is one mature dependency for both this server
+and the load generator's client, with less per-request machinery between the socket and the
+handler; on a 2-core machine that overhead is part of what ``capsim validate`` must model.
+
+Every request ends in exactly one outcome, counted in ``/metrics``: completed, rejected,
+dropped_oldest, timeout, bad_request, error or shutting_down; received = their sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiohttp import web
+
+from capsim.errors import CapsimError
+from capsim.validate import protocol as P
+from capsim.validate.batching import ServerBatcher
+
+OUTCOMES = ("completed", "rejected", "dropped_oldest", "timeout", "bad_request", "error", "shutting_down")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class BadPayload(ValueError):
+    """A request body the server cannot turn into a model input."""
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class NoopRunner:
+    """A model that does no work: outputs zeros at once. ``capsim validate`` runs the server with it
+    to measure the server's own per-request overhead (HTTP, decoding, batching bookkeeping)."""
+
+    def __init__(self, classes: int = 1000):
+        self.classes = classes
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros((x.shape[0], self.classes), np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class ModelHost:
+    """N model instances (one runtime session each) and what their input looks like."""
+
+    name: str
+    task: str
+    input_shape: tuple[int, int, int]
+    runners: list
+    info: dict = field(default_factory=dict)
+
+    def run(self, instance: int, x: np.ndarray) -> tuple[np.ndarray, float]:
+        t = time.perf_counter()
+        out = self.runners[instance].run(x)
+        return np.asarray(out), (time.perf_counter() - t) * 1000.0
+
+    def close(self) -> None:
+        for r in self.runners:
+            r.close()
+
+
+def load_model(model: str | None, model_file: str | None, backend: str, device: str, precision: str,
+               instances: int, threads: int | None = None, input_shape=None, seed: int = 0) -> ModelHost:
+    """Build ``instances`` runners of a zoo model, a model file, or ``noop``."""
+    if model == "noop":
+        shape = tuple(input_shape or (3, 224, 224))
+        return ModelHost("noop", "classification", shape, [NoopRunner() for _ in range(instances)],
+                         {"backend": "none", "device": "cpu", "precision": "fp32"})
+    from capsim.calibrate import backends
+    from capsim.calibrate.run import _source
+
+    src, name, task, shape, origin = _source(model, model_file, input_shape, None, seed)
+    per = threads or max(1, (os.cpu_count() or 1) // instances)  # the cores, split between instances
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="capsim-serve-")
+    runners = []
+    try:
+        for _ in range(instances):
+            runners.append(backends.make_runner(src, backend, device=device, precision=precision, threads=per,
+                                                input_shape=shape, workdir=work))
+    except ValueError as exc:
+        raise CapsimError(f"--model: {exc}") from None
+    x = np.zeros((1, *shape), np.float32)
+    for r in runners:  # warm-up: first calls allocate and pick kernels
+        r.run(x)
+    return ModelHost(name, task, tuple(shape), runners,
+                     {"backend": backend, "device": device, "precision": precision, "threads_per_instance": per,
+                      "origin": origin})
+
+
+def decode(body: bytes, content_type: str, shape_header: str | None, input_shape) -> np.ndarray:
+    """The model input for one request body (runs on a pre-processing thread)."""
+    if content_type == "image/jpeg":
+        from capsim.calibrate.prepost import preprocess
+
+        try:
+            return preprocess(body, input_shape)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad image
+            raise BadPayload(f"body is not a decodable JPEG ({type(exc).__name__})") from None
+    if content_type == "application/octet-stream":
+        want = tuple(int(v) for v in input_shape)
+        if shape_header:
+            try:
+                got = tuple(int(v) for v in shape_header.lower().split("x"))
+            except ValueError:
+                raise BadPayload(f"{P.H_SHAPE}: {shape_header!r} is not CxHxW") from None
+            if got != want:
+                raise BadPayload(f"{P.H_SHAPE}: {shape_header} does not match the model input "
+                                 f"{'x'.join(map(str, want))}")
+        n = int(np.prod(want)) * 4
+        if len(body) != n:
+            raise BadPayload(f"tensor body has {len(body)} bytes; a float32 {'x'.join(map(str, want))} needs {n}")
+        return np.frombuffer(body, np.float32).reshape(want)
+    raise BadPayload(f"Content-Type {content_type!r}: send image/jpeg or application/octet-stream")
+
+
+def postprocess(task: str, out: np.ndarray) -> dict:
+    """This request's slice of the batch output as JSON-able data."""
+    if task == "classification":
+        logits = out.reshape(-1).astype(np.float64)
+        z = np.exp(logits - logits.max())
+        p = z / z.sum()
+        top = np.argsort(-p, kind="stable")[:5]
+        return {"top5": [{"class": int(i), "score": float(p[i])} for i in top]}
+    return {"shape": list(out.shape), "mean": float(np.mean(out))}
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class Req:
+    """One request in flight inside the server."""
+
+    x: np.ndarray
+    source: int
+    received: float
+    preprocess_ms: float
+    fut: asyncio.Future
+
+
+class InferenceServer:
+    """The aiohttp application, the batcher loop and the counters."""
+
+    def __init__(self, host: ModelHost, max_batch: int, delay_ms: float, instances: int, preferred=(),
+                 max_size: int = 0, per_source_max_size: int = 0, on_full: str = "reject", timeout_ms: float = 0.0,
+                 preprocess_workers: int = 1):
+        self.host = host
+        self.batcher = ServerBatcher(max_batch, delay_ms / 1000.0, instances, list(preferred), max_size,
+                                     per_source_max_size, on_full, timeout_ms / 1000.0)
+        self.config = {"max_batch_size": max_batch, "max_queue_delay_ms": delay_ms, "instances": instances,
+                       "preferred_batch_sizes": list(preferred), "queue_max_size": max_size,
+                       "per_source_max_size": per_source_max_size, "on_full": on_full, "queue_timeout_ms": timeout_ms,
+                       "preprocess_workers": preprocess_workers}
+        self.pre_pool = ThreadPoolExecutor(max(1, preprocess_workers), thread_name_prefix="capsim-pre")
+        self.inst_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"capsim-inst{i}") for i in range(instances)]
+        self.counts = {o: 0 for o in OUTCOMES}
+        self.received = 0
+        self.batch_hist = [0] * (len(BATCH_BUCKETS) + 1)
+        self.batch_sum = 0
+        self.batches = 0
+        self.lat_hist = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.lat_sum = 0.0
+        self.in_flight = 0
+        self.draining = False
+        self.wake = asyncio.Event()
+        self.loop_task: asyncio.Task | None = None
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post(P.INFER_PATH, self.infer)
+        self.app.router.add_get(P.HEALTH_PATH, self.health)
+        self.app.router.add_get(P.METRICS_PATH, self.metrics)
+
+    # -- handlers
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok" if not self.draining else "draining", status=200 if not self.draining else 503)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        received = time.perf_counter()
+        self.received += 1
+        rid = request.headers.get(P.H_REQUEST_ID, "")
+        if self.draining:
+            return self._dropped("shutting_down", "the server is shutting down", rid)
+        try:
+            source = int(request.headers.get(P.H_SOURCE, "0"))
+            if source < 0:
+                raise ValueError
+        except ValueError:
+            return self._bad(f"{P.H_SOURCE}: must be an integer >= 0", rid)
+        loop = asyncio.get_running_loop()
+        try:
+            x = await loop.run_in_executor(self.pre_pool, decode, body, request.content_type,
+                                           request.headers.get(P.H_SHAPE), self.host.input_shape)
+        except BadPayload as exc:
+            return self._bad(str(exc), rid)
+        entered = time.perf_counter()
+        req = Req(x, source, received, (entered - received) * 1000.0, loop.create_future())
+        for p in self.batcher.offer(req, source, entered):
+            p.key.fut.set_result(("dropped", p.dropped))
+        self.wake.set()
+        outcome = await req.fut
+        if outcome[0] == "dropped":
+            return self._dropped(outcome[1], f"the request was {outcome[1].replace('_', ' ')} by the queue policy", rid)
+        if outcome[0] == "error":
+            self.counts["error"] += 1
+            return web.json_response({"error": "inference_failed", "detail": outcome[1]}, status=500,
+                                     headers={P.H_REQUEST_ID: rid})
+        _, out, compute_ms, size, inst, queue_wait_ms = outcome
+        t = time.perf_counter()
+        result = postprocess(self.host.task, out)
+        done = time.perf_counter()
+        total = done - received
+        self.counts["completed"] += 1
+        self.lat_sum += total
+        self.lat_hist[_bucket(LATENCY_BUCKETS_S, total)] += 1
+        headers = {P.H_PREPROCESS: f"{req.preprocess_ms:.4f}", P.H_QUEUE_WAIT: f"{queue_wait_ms:.4f}",
+                   P.H_BATCH_SIZE: str(size), P.H_COMPUTE: f"{compute_ms:.4f}",
+                   P.H_POSTPROCESS: f"{(done - t) * 1000.0:.4f}", P.H_SERVER_TOTAL: f"{total * 1000.0:.4f}",
+                   P.H_INSTANCE: str(inst), P.H_REQUEST_ID: rid}
+        return web.Response(text=json.dumps({"outputs": result}), content_type="application/json", headers=headers)
+
+    def _dropped(self, reason: str, detail: str, rid: str) -> web.Response:
+        self.counts[reason] += 1
+        return web.json_response({"error": reason, "detail": detail}, status=503,
+                                 headers={P.H_DROP: reason, P.H_REQUEST_ID: rid})
+
+    def _bad(self, detail: str, rid: str) -> web.Response:
+        self.counts["bad_request"] += 1
+        return web.json_response({"error": "bad_request", "detail": detail}, status=400,
+                                 headers={P.H_REQUEST_ID: rid})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.prometheus(), content_type="text/plain")
+
+    def prometheus(self) -> str:
+        """The counters in Prometheus' text exposition format."""
+        lines = ["# HELP capsim_requests_received_total Inference requests received.",
+                 "# TYPE capsim_requests_received_total counter", f"capsim_requests_received_total {self.received}",
+                 "# HELP capsim_requests_total Inference requests by outcome.", "# TYPE capsim_requests_total counter"]
+        lines += [f'capsim_requests_total{{outcome="{o}"}} {n}' for o, n in self.counts.items()]
+        lines += ["# HELP capsim_queue_length Requests waiting in the batcher's queue.",
+                  "# TYPE capsim_queue_length gauge", f"capsim_queue_length {self.batcher.qlen}",
+                  "# HELP capsim_batches_in_flight Batches running on model instances.",
+                  "# TYPE capsim_batches_in_flight gauge", f"capsim_batches_in_flight {self.in_flight}"]
+        lines += _histogram("capsim_batch_size", "Requests per dispatched batch.", BATCH_BUCKETS, self.batch_hist,
+                            self.batch_sum, self.batches)
+        lines += _histogram("capsim_request_duration_seconds", "Server time of completed requests.",
+                            LATENCY_BUCKETS_S, self.lat_hist, self.lat_sum, self.counts["completed"])
+        return "\n".join(lines) + "\n"
+
+    # -- the batcher loop
+
+    async def run_batcher(self) -> None:
+        """Dispatch batches as they become due; sleep until the next arrival, completion or deadline."""
+        while True:
+            now = time.perf_counter()
+            expired, batches = self.batcher.take(now)
+            for p in expired:
+                p.key.fut.set_result(("dropped", p.dropped))
+            for inst, batch in batches:
+                self.in_flight += 1
+                asyncio.ensure_future(self._run_batch(inst, batch, now))
+            if self.draining and not self.batcher.qlen and not self.in_flight:
+                return
+            wake = self.batcher.next_wake(now)
+            self.wake.clear()  # no await since take(): nothing can have set it in between
+            timeout = None if wake is None else max(0.0, wake - time.perf_counter())
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _run_batch(self, inst: int, batch: list, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        k = len(batch)
+        self.batches += 1
+        self.batch_sum += k
+        self.batch_hist[_bucket(BATCH_BUCKETS, k)] += 1
+        x = np.stack([p.key.x for p in batch]) if k > 1 else batch[0].key.x[None]
+        try:
+            out, compute_ms = await loop.run_in_executor(self.inst_pools[inst], self.host.run, inst, x)
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the server
+            out, compute_ms, err = None, 0.0, f"{type(exc).__name__}: {exc}"
+        else:
+            err = None
+        self.batcher.release(inst, time.perf_counter())
+        self.in_flight -= 1
+        self.wake.set()
+        for j, p in enumerate(batch):
+            wait_ms = (started - p.entered) * 1000.0
+            p.key.fut.set_result(("error", err) if err else ("ok", out[j], compute_ms, k, inst, wait_ms))
+
+    async def drain(self) -> None:
+        """Graceful shutdown: refuse new requests, run what is queued and in flight, then stop."""
+        self.draining = True
+        self.batcher.delay = 0.0  # nothing new will join: send what is queued now
+        self.wake.set()
+        if self.loop_task is not None:
+            await self.loop_task
+
+    def close(self) -> None:
+        self.pre_pool.shutdown(wait=False)
+        for p in self.inst_pools:
+            p.shutdown(wait=True)
+        self.host.close()
+
+
+def _bucket(edges, v) -> int:
+    for i, e in enumerate(edges):
+        if v <= e:
+            return i
+    return len(edges)
+
+
+def _histogram(name: str, help_text: str, edges, counts, total, n) -> list[str]:
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    cum = 0
+    for e, c in zip(edges, counts):
+        cum += c
+        out.append(f'{name}_bucket{{le="{e:g}"}} {cum}')
+    out.append(f'{name}_bucket{{le="+Inf"}} {cum + counts[-1]}')
+    out += [f"{name}_sum {total:g}", f"{name}_count {n}"]
+    return out
+
+
+async def serve(server: InferenceServer, host: str, port: int, ready=None) -> None:
+    """Listen until SIGINT/SIGTERM, then shut down gracefully; ``ready(url)`` once listening."""
+    server.loop_task = asyncio.ensure_future(server.run_batcher())
+    runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CapsimError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
+    actual = runner.addresses[0][1] if runner.addresses else port
+    url = f"http://{host}:{actual}"
+    if ready:
+        ready(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.drain()  # in-flight and queued requests finish; new ones get 503 shutting_down
+    await runner.cleanup()
+    server.close()

@@ -1,0 +1,151 @@
+"""capsim serve end to end: a real server process with a real model on a free localhost port,
+real HTTP requests. Accounting, timing headers, /metrics, caps under overload, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+pytest.importorskip("onnxruntime")
+
+from capsim.calibrate.prepost import make_jpegs  # noqa: E402
+from capsim.validate import protocol as P  # noqa: E402
+
+
+class Server:
+    """``capsim serve ... --port 0`` in a subprocess; its URL read from its first stdout line."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "capsim.cli", "serve", "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (http://\S+)", line)
+        if not m:
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = m.group(1)
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, err
+        return err
+
+
+async def _send(session, url, body, ctype="image/jpeg", **headers):
+    async with session.post(P.infer_url(url), data=body, headers={"Content-Type": ctype, **headers}) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+async def _burst(url, bodies, gap_s=0.0, **headers):
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        tasks = []
+        for b in bodies:
+            tasks.append(asyncio.ensure_future(_send(s, url, b, **headers)))
+            if gap_s:
+                await asyncio.sleep(gap_s)
+        return await asyncio.gather(*tasks)
+
+
+def _metrics(url) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(url + P.METRICS_PATH, timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+@pytest.fixture(scope="module")
+def jpegs():
+    return make_jpegs(4, size=(320, 240))
+
+
+def test_server_batches_and_reports_timings(jpegs):
+    srv = Server("--model", "tiny_cnn", "--max-batch-size", "4", "--max-queue-delay-ms", "20")
+    try:
+        res = asyncio.run(_burst(srv.url, [jpegs[i % 4] for i in range(40)], gap_s=0.002))
+        assert all(st == 200 for st, _, _ in res)
+        sizes = [int(h[P.H_BATCH_SIZE]) for _, h, _ in res]
+        assert max(sizes) == 4 and min(sizes) >= 1  # requests 2 ms apart with a 20 ms window batch up
+        for _, h, body in res:
+            for name in P.TIMING_HEADERS:
+                assert name in h, name
+            total = float(h[P.H_SERVER_TOTAL])
+            parts = float(h[P.H_PREPROCESS]) + float(h[P.H_QUEUE_WAIT]) + float(h[P.H_COMPUTE])
+            assert parts <= total + 0.5  # the parts fit inside the server's total
+            assert float(h[P.H_QUEUE_WAIT]) <= 20 + 15  # never much past the 20 ms window (one instance busy)
+            assert b'"top5"' in body
+        m = _metrics(srv.url)
+        assert m["capsim_requests_received_total"] == 40
+        assert m['capsim_requests_total{outcome="completed"}'] == 40
+        assert m["capsim_batch_size_sum"] == 40 and m['capsim_batch_size_bucket{le="+Inf"}'] == m["capsim_batch_size_count"]
+        assert m["capsim_queue_length"] == 0
+        # a tensor body works too; a wrong shape is a 400 with a reason
+        ok = asyncio.run(_burst(srv.url, [np.zeros((3, 32, 32), np.float32).tobytes()],
+                                ctype="application/octet-stream", **{P.H_SHAPE: "3x32x32"}))
+        assert ok[0][0] == 200
+        bad = asyncio.run(_burst(srv.url, [b"\0" * 12], ctype="application/octet-stream"))
+        assert bad[0][0] == 400 and b"float32" in bad[0][2]
+    finally:
+        err = srv.stop()
+    assert "completed 41" in err and "bad_request 1" in err
+
+
+def test_queue_cap_of_one_rejects_under_overload(jpegs):
+    # one instance, no batching, a cap of one waiting request: a burst of 30 cannot all be queued
+    srv = Server("--model", "tiny_cnn", "--max-batch-size", "1", "--max-queue-delay-ms", "0", "--queue-max-size", "1")
+    try:
+        res = asyncio.run(_burst(srv.url, [jpegs[0]] * 30))
+        codes = [st for st, _, _ in res]
+        rejected = [h for st, h, _ in res if st == 503]
+        assert codes.count(200) + len(rejected) == 30
+        assert rejected and all(h[P.H_DROP] == "rejected" for h in rejected)
+        m = _metrics(srv.url)
+        assert m['capsim_requests_total{outcome="rejected"}'] == len(rejected)
+        assert m['capsim_requests_total{outcome="completed"}'] == codes.count(200)
+        assert m["capsim_requests_received_total"] == 30
+    finally:
+        srv.stop()
+
+
+def test_drop_oldest_and_timeouts_are_accounted(jpegs):
+    srv = Server("--model", "tiny_cnn", "--max-batch-size", "2", "--max-queue-delay-ms", "0", "--queue-max-size", "3",
+                 "--on-full", "drop_oldest", "--queue-timeout-ms", "30")
+    try:
+        res = asyncio.run(_burst(srv.url, [jpegs[1]] * 40))
+        reasons = [h.get(P.H_DROP) for st, h, _ in res if st == 503]
+        assert set(reasons) <= {"dropped_oldest", "timeout"} and reasons
+        m = _metrics(srv.url)
+        total = sum(v for k, v in m.items() if k.startswith("capsim_requests_total{"))
+        assert total == m["capsim_requests_received_total"] == 40
+    finally:
+        srv.stop()
+
+
+def test_graceful_shutdown_finishes_what_it_accepted(jpegs):
+    srv = Server("--model", "tiny_cnn", "--max-batch-size", "8", "--max-queue-delay-ms", "200")
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            tasks = [asyncio.ensure_future(_send(s, srv.url, jpegs[2])) for _ in range(6)]
+            await asyncio.sleep(0.1)  # queued, waiting for the 200 ms window
+            srv.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    res = asyncio.run(go())
+    _, err = srv.proc.communicate(timeout=60)
+    assert srv.proc.returncode == 0
+    assert [st for st, _, _ in res] == [200] * 6  # the queued requests ran (early: nothing else could join)
+    assert "completed 6" in err
