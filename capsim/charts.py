@@ -158,3 +158,26 @@ def all_figures(res: SimulationResult, card: dict, rate: list[dict] | None, knee
     figs["breakdown"] = breakdown(res)
     figs["utilization"] = utilization(res)
     return figs
+
+
+def predicted_vs_measured(cells: list[dict]) -> go.Figure:
+    """capsim validate: predicted against measured p50/p95/p99 for every config and load, with y = x."""
+    fig = go.Figure()
+    top = 0.0
+    for key, symbol in (("p50", "circle"), ("p95", "diamond"), ("p99", "square")):
+        pts = [(c["measured"][key], c["predicted"][key], f"B={c['max_batch_size']} D={c['max_queue_delay_ms']:g} "
+                f"load {c['load']:.2f}") for c in cells if c["measured"][key] is not None and c["predicted"][key] is not None]
+        if pts:
+            x, y, text = zip(*pts)
+            top = max(top, max(x), max(y))
+            fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=key, text=text, marker_symbol=symbol,
+                                     hovertemplate="%{text}<br>measured %{x:.1f} ms<br>predicted %{y:.1f} ms"))
+    top = top * 1.05 or 1.0
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="predicted = measured",
+                             line=dict(dash="dash", color="gray")))
+    for f, name in ((1.1, "+10 %"), (0.9, "-10 %")):
+        fig.add_trace(go.Scatter(x=[0, top], y=[0, top * f], mode="lines", name=name, showlegend=False,
+                                 line=dict(dash="dot", color="lightgray")))
+    fig.update_layout(title="Predicted vs measured latency", xaxis_title="measured (ms)", yaxis_title="predicted (ms)",
+                      **{**LAYOUT, "height": 480})
+    return fig

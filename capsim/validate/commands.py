@@ -82,3 +82,26 @@ def cmd_serve(args) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def add_validate_parser(sub) -> None:
+    v = sub.add_parser("validate", help="run the real server under load and compare with capsim's prediction")
+    v.add_argument("--model", required=True, help="built-in model (capsim models list) or a model file")
+    v.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    v.add_argument("--profile", required=True, help="the model's calibration profile (calibration/X.json)")
+    v.add_argument("--configs", default="B=1,D=0;B=4,D=5;B=8,D=10",
+                   help='batching configs, e.g. "B=1,D=0;B=4,D=5;B=8,D=10"')
+    v.add_argument("--loads", default="0.3,0.5,0.7,0.85", help="fractions of the predicted capacity")
+    v.add_argument("--duration", type=float, default=20.0, help="seconds of load per config and load (default 20)")
+    v.add_argument("--instances", type=int, default=1)
+    v.add_argument("--payload", choices=("jpeg", "tensor"), default="jpeg")
+    v.add_argument("--preprocess-workers", type=int, default=1)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--out", help="validation.html (table + chart) or validation.json")
+    v.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def cmd_validate(args) -> int:
+    from capsim.validate.validate import cmd_validate as run
+
+    return run(args)

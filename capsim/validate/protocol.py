@@ -22,7 +22,8 @@ HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 
 # Response headers: every completed request carries these (milliseconds, as decimal text).
-H_PREPROCESS = "X-Preprocess-Ms"     # JPEG decode + resize + normalise (or tensor parse)
+H_PREPROCESS = "X-Preprocess-Ms"     # from the body read to the input ready: waiting for a decode thread + decoding
+H_DECODE = "X-Decode-Ms"             # the decode itself (JPEG decode + resize + normalise, or tensor parse)
 H_QUEUE_WAIT = "X-Queue-Wait-Ms"     # from entering the batcher's queue to its batch starting
 H_BATCH_SIZE = "X-Batch-Size"        # requests in the batch it ran in
 H_COMPUTE = "X-Batch-Compute-Ms"     # the batch's model run on its instance
@@ -34,7 +35,7 @@ H_SOURCE = "X-Source"
 H_REQUEST_ID = "X-Request-Id"
 H_SHAPE = "X-Tensor-Shape"
 
-TIMING_HEADERS = (H_PREPROCESS, H_QUEUE_WAIT, H_BATCH_SIZE, H_COMPUTE, H_POSTPROCESS, H_SERVER_TOTAL, H_INSTANCE)
+TIMING_HEADERS = (H_PREPROCESS, H_DECODE, H_QUEUE_WAIT, H_BATCH_SIZE, H_COMPUTE, H_POSTPROCESS, H_SERVER_TOTAL, H_INSTANCE)
 
 
 def infer_url(url: str) -> str:

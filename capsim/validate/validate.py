@@ -1,0 +1,367 @@
+"""``capsim validate``: run the real server under real load and hold capsim's prediction against it.
+
+For each batching config and each load (a fraction of the capacity capsim predicts for that
+config) it starts ``capsim serve`` with the model, drives it with ``capsim load`` (open-loop
+Poisson, on time), simulates the same scenario with the calibration profile, and compares
+p50/p95/p99, throughput and the mean batch size, plus each stage the server's timing headers
+expose (pre-processing, queue wait, compute).
+
+The server's own per-request cost is measured first, not assumed: the same server with the
+``noop`` model (no compute) at a light load gives the JPEG decode time (the pre-processing
+stage, one worker as the server runs it) and everything else that is neither decode nor compute
+(HTTP both ways, batching bookkeeping, post-processing), which enters the scenario as
+``overhead_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from capsim.config import parse_scenario
+from capsim.errors import CapsimError
+from capsim.validate import protocol as P
+
+WARMUP_FRACTION = 0.1     # the first 10 % of each run's requests are not measured (as the simulator's warm-up)
+TARGET_ERROR_PCT = 10.0
+TARGET_MAX_LOAD = 0.85
+
+
+def parse_configs(text: str) -> list[tuple[int, float]]:
+    """``"B=1,D=0;B=4,D=5"`` -> [(1, 0.0), (4, 5.0)]."""
+    out = []
+    for part in [p for p in text.split(";") if p.strip()]:
+        kv = {}
+        for item in part.split(","):
+            if "=" not in item:
+                raise CapsimError(f"--configs: {part!r}: write B=<max batch>,D=<max delay ms>, e.g. B=4,D=5")
+            k, v = item.split("=", 1)
+            kv[k.strip().upper()] = v.strip()
+        try:
+            b, d = int(kv["B"]), float(kv.get("D", 0))
+        except (KeyError, ValueError):
+            raise CapsimError(f"--configs: {part!r}: B must be an integer and D a number of ms, e.g. B=4,D=5") from None
+        if b < 1 or d < 0:
+            raise CapsimError(f"--configs: {part!r}: B must be >= 1 and D >= 0")
+        out.append((b, d))
+    if not out:
+        raise CapsimError("--configs: give at least one config, e.g. \"B=1,D=0;B=8,D=10\"")
+    return out
+
+
+def parse_loads(text: str) -> list[float]:
+    try:
+        loads = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CapsimError(f"--loads: {text!r} is not a list of numbers, e.g. 0.3,0.5,0.7") from None
+    if not loads or any(not 0 < v <= 1.5 for v in loads):
+        raise CapsimError(f"--loads: each load is a fraction of the predicted capacity in (0, 1.5], got {text!r}")
+    return loads
+
+
+# --------------------------------------------------------------------------- the server process
+
+
+class ServerProcess:
+    """``capsim serve`` in a subprocess on a free port; ``url`` once it listens."""
+
+    def __init__(self, args: list[str], timeout_s: float = 300.0):
+        self.proc = subprocess.Popen([sys.executable, "-m", "capsim.cli", "serve", "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (http://\S+)", line)
+        if not m:
+            err = self.proc.stderr.read()
+            self.proc.kill()
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise CapsimError(f"capsim serve did not start: {last}")
+        self.url = m.group(1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _load(url: str, rate: float, duration: float, seed: int, payload: str, shape, progress=None):
+    from capsim.config import Arrivals
+    from capsim.validate.load import LoadSpec, run_load
+
+    spec = LoadSpec(url=url, duration_s=duration, arrivals=Arrivals(process="poisson", rate_rps=rate),
+                    payload=payload, shape=tuple(shape), seed=seed, progress=progress)
+    return asyncio.run(run_load(spec))
+
+
+def _measured(rows: list[dict]) -> list[dict]:
+    """Completed requests after the warm-up share, in send order."""
+    skip = int(len(rows) * WARMUP_FRACTION)
+    return [r for r in rows[skip:] if r["outcome"] == "ok"]
+
+
+def _mean(rows, key) -> float:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# --------------------------------------------------------------------------- the comparison
+
+
+@dataclass
+class Cell:
+    """One config at one load: prediction, measurement, errors."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    load: float
+    rate_rps: float
+    predicted: dict
+    measured: dict
+    errors_pct: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)   # stage -> (predicted ms, measured ms, error %)
+
+    def to_dict(self) -> dict:
+        return {"max_batch_size": self.max_batch_size, "max_queue_delay_ms": self.max_queue_delay_ms,
+                "load": self.load, "rate_rps": self.rate_rps, "predicted": self.predicted, "measured": self.measured,
+                "errors_pct": self.errors_pct, "stages": self.stages}
+
+
+def _err(pred, meas) -> float | None:
+    if pred is None or meas is None or not math.isfinite(pred) or not math.isfinite(meas) or meas == 0:
+        return None
+    return (pred - meas) / meas * 100.0
+
+
+@dataclass
+class Validation:
+    model: str
+    profile: str
+    overhead: dict
+    cells: list[Cell]
+    generator_cpu_percent: list[float]
+    settings: dict
+
+    def median_abs_error(self, key: str, max_load: float = TARGET_MAX_LOAD) -> float | None:
+        errs = [abs(c.errors_pct[key]) for c in self.cells if c.load <= max_load + 1e-9
+                and c.errors_pct.get(key) is not None]
+        return float(np.median(errs)) if errs else None
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "profile": self.profile, "overhead": self.overhead, "settings": self.settings,
+                "cells": [c.to_dict() for c in self.cells],
+                "median_abs_error_pct": {k: self.median_abs_error(k) for k in ("p50", "p95", "p99", "throughput")},
+                "target": {"median_abs_error_pct": TARGET_ERROR_PCT, "loads_up_to": TARGET_MAX_LOAD},
+                "generator_cpu_percent": self.generator_cpu_percent}
+
+
+def measure_overhead(shape, payload: str, preprocess_workers: int, duration: float, rate: float, seed: int,
+                     say) -> dict:
+    """The server's cost that is not the model: noop model, B=1, D=0, a light Poisson load."""
+    say(f"measuring the server's own overhead (noop model, {rate:g} rps for {duration:g} s)")
+    with ServerProcess(["--model", "noop", "--input-shape", "x".join(map(str, shape)), "--max-batch-size", "1",
+                        "--max-queue-delay-ms", "0", "--preprocess-workers", str(preprocess_workers)]) as srv:
+        res = _load(srv.url, rate, duration, seed, payload, shape)
+    ok = _measured(res.rows)
+    if len(ok) < 10:
+        raise CapsimError("validate: the noop server completed too few requests to measure its overhead")
+    pre = _mean(ok, P.H_PREPROCESS)   # decode and the little wait for the decode thread at this light load
+    compute = _mean(ok, P.H_COMPUTE)
+    lat = _mean(ok, "latency_ms")
+    # The decode is the pre-processing stage's service time (the simulated pool adds the waiting);
+    # everything that is neither decode nor compute is per-request overhead.
+    return {"preprocess_ms": _mean(ok, P.H_DECODE), "overhead_ms": lat - pre - compute, "latency_ms": lat,
+            "server_total_ms": _mean(ok, P.H_SERVER_TOTAL), "queue_wait_ms": _mean(ok, P.H_QUEUE_WAIT),
+            "gap_ms": lat - _mean(ok, P.H_SERVER_TOTAL), "requests": len(ok)}
+
+
+def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int, preprocess_workers: int,
+                 rate: float, seed: int):
+    """The scenario capsim predicts with: the profile's batch times, the measured server costs."""
+    data = {"name": f"validate-B{b}-D{d:g}",
+            "arrivals": {"process": "poisson", "rate_rps": rate},
+            "service": {"profile": profile, "allow_mismatch": True,
+                        "variability": {"distribution": "empirical"},
+                        "preprocess": {"ms": round(overhead["preprocess_ms"], 4), "workers": preprocess_workers},
+                        "postprocess": {"ms": 0.0, "workers": 0},
+                        "overhead_ms": round(max(overhead["overhead_ms"], 0.0), 4)},
+            "batching": {"mode": "triton", "max_batch_size": b, "max_queue_delay_ms": d},
+            "instances": instances,
+            "run": {"requests": 20000, "warmup_requests": 2000, "replications": 3, "seed": seed}}
+    return parse_scenario(data)
+
+
+def capacity(sc) -> float:
+    """What this config can serve: the model's throughput bound or the decode stage's, whichever binds."""
+    from capsim.plan import throughput_bound
+
+    pre = sc.service.preprocess
+    stage = pre.workers * 1000.0 / pre.ms if pre.ms > 0 and pre.workers > 0 else math.inf
+    return min(throughput_bound(sc), stage)
+
+
+def validate(model: str, backend: str, profile: str, configs, loads, duration: float = 20.0, instances: int = 1,
+             payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
+             progress=None) -> Validation:
+    """Predicted vs measured for every config and load."""
+    from capsim.profile import load_profile
+    from capsim.simulate import simulate
+    from capsim.plan import with_rate
+
+    say = progress or (lambda msg: None)
+    prof = load_profile(profile)
+    largest = max(b["batch_size"] for b in prof.data["batches"])
+    for b, _ in configs:
+        if b > largest:
+            raise CapsimError(f"--configs: B={b} is above the largest batch size in {profile} ({largest}); "
+                              "calibrate larger batches or lower B")
+    shape = tuple(prof.model.get("input_shape") or (3, 224, 224))
+    overhead = measure_overhead(shape, payload, preprocess_workers, overhead_duration,
+                                rate=min(20.0, 200.0 / max(1.0, prof.data["batches"][0]["median_ms"])), seed=seed,
+                                say=say)
+    say(f"server overhead: decode {overhead['preprocess_ms']:.2f} ms, other {overhead['overhead_ms']:.2f} ms per request")
+    cells, cpu = [], []
+    total = len(configs) * len(loads)
+    for b, d in configs:
+        base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed)
+        cap = capacity(base)
+        args = ["--backend", backend, "--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}",
+                "--instances", str(instances), "--preprocess-workers", str(preprocess_workers)]
+        args = (["--model", model] if not model.endswith((".onnx", ".pt", ".pth", ".ts")) else ["--model-file", model]) + args
+        say(f"B={b} D={d:g} ms: predicted capacity {cap:.1f} rps; starting the server")
+        with ServerProcess(args) as srv:
+            _load(srv.url, min(cap * 0.3, 50.0), 1.0, seed + 99, payload, shape)  # warm the server up
+            for load in loads:
+                rate = load * cap
+                say(f"  [{len(cells) + 1}/{total}] load {load:.2f}: {rate:.1f} rps for {duration:g} s")
+                res = _load(srv.url, rate, duration, seed, payload, shape)
+                cpu.append(res.summary["generator_cpu_percent"])
+                ok = _measured(res.rows)
+                lat = np.array([r["latency_ms"] for r in ok]) if ok else np.array([np.nan])
+                window = (max(r["received_s"] for r in ok) - min(r["scheduled_s"] for r in ok)) if len(ok) > 1 else 0
+                measured = {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                            "p99": float(np.percentile(lat, 99)), "throughput": len(ok) / window if window else None,
+                            "mean_batch_size": _mean(ok, P.H_BATCH_SIZE), "completed": len(ok),
+                            "dropped": sum(1 for r in res.rows if r["outcome"] != "ok")}
+                sim = simulate(with_rate(base, rate))
+                r = sim.to_dict()
+                predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"],
+                             "p99": r["latency_ms"]["p99"], "throughput": r["throughput_rps"] if sim.stable else None,
+                             "mean_batch_size": r["mean_batch_size"], "stable": sim.stable}
+                bd = sim.breakdown_ms
+                stages = {"preprocess": (bd["preprocess"], _mean(ok, P.H_PREPROCESS)),
+                          "decode": (base.service.preprocess.ms, _mean(ok, P.H_DECODE)),
+                          "queue_wait": (bd["queue_wait"] + bd["batch_formation"], _mean(ok, P.H_QUEUE_WAIT)),
+                          "compute": (bd["service"], _mean(ok, P.H_COMPUTE))}
+                cell = Cell(b, d, load, rate, predicted, measured)
+                cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
+                                   ("p50", "p95", "p99", "throughput", "mean_batch_size")}
+                cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
+                cells.append(cell)
+    return Validation(model, profile, overhead, cells, cpu,
+                      {"duration_s": duration, "instances": instances, "payload": payload, "backend": backend,
+                       "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
+
+
+# --------------------------------------------------------------------------- output
+
+
+def table(v: Validation) -> str:
+    """Predicted vs measured, one line per cell, then the median absolute errors."""
+    def f(x, w=7, d=1):
+        return f"{x:{w}.{d}f}" if x is not None and math.isfinite(x) else " " * (w - 1) + "–"
+
+    lines = [f"capsim validate: {v.model} with {v.profile}",
+             f"server overhead (noop model): decode {v.overhead['preprocess_ms']:.2f} ms, other "
+             f"{v.overhead['overhead_ms']:.2f} ms per request",
+             "", f"{'B':>3}{'D ms':>6}{'load':>6}{'rps':>7} | {'p50 pred':>8}{'meas':>7}{'err%':>7} | {'p95 pred':>8}"
+                 f"{'meas':>7}{'err%':>7} | {'p99 pred':>8}{'meas':>7}{'err%':>7} | {'thru err%':>9} | {'batch pred':>10}{'meas':>6}"]
+    for c in v.cells:
+        p, m, e = c.predicted, c.measured, c.errors_pct
+        lines.append(f"{c.max_batch_size:3d}{c.max_queue_delay_ms:6g}{c.load:6.2f}{c.rate_rps:7.1f} | "
+                     f"{f(p['p50'], 8)}{f(m['p50'])}{f(e['p50'])} | {f(p['p95'], 8)}{f(m['p95'])}{f(e['p95'])} | "
+                     f"{f(p['p99'], 8)}{f(m['p99'])}{f(e['p99'])} | {f(e['throughput'], 9)} | "
+                     f"{f(p['mean_batch_size'], 10, 2)}{f(m['mean_batch_size'], 6, 2)}")
+    lines.append("")
+    lines.append("per-stage means (ms, predicted / measured, error %):")
+    for c in v.cells:
+        parts = [f"{k} {f(pm[0], 5)}/{f(pm[1], 5)} ({f(pm[2], 5)}%)" for k, pm in c.stages.items()]
+        lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: " + "; ".join(parts))
+    lines.append("")
+    for k in ("p50", "p95", "p99", "throughput"):
+        mae = v.median_abs_error(k)
+        mark = "" if k not in ("p50", "p95") or mae is None else (
+            "  MET" if mae <= TARGET_ERROR_PCT else "  NOT MET")
+        lines.append(f"median |error| of {k:10s} over loads <= {TARGET_MAX_LOAD}: "
+                     f"{'–' if mae is None else f'{mae:.1f} %'}{mark}")
+    if v.generator_cpu_percent:
+        lines.append(f"load generator CPU: {np.mean(v.generator_cpu_percent):.0f} % of one core on average "
+                     f"(max {max(v.generator_cpu_percent):.0f} %), on the same machine as the server")
+    return "\n".join(lines)
+
+
+def write_report(v: Validation, path: str) -> None:
+    """HTML (table and a predicted-vs-measured chart, self-contained) or JSON."""
+    import html
+    import json
+    from pathlib import Path
+
+    from capsim.plain import finite
+
+    out = Path(path)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(finite(v.to_dict()), indent=2, allow_nan=False))
+        return
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise CapsimError(f"--out {path}: write a .html or .json validation report")
+    from capsim import charts
+    from capsim.report import CSS
+
+    fig = charts.predicted_vs_measured([c.to_dict() for c in v.cells])
+    body = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>capsim validation</title><style>{CSS}</style>"
+            f"</head><body><h1>capsim validate: {html.escape(v.model)}</h1><pre>{html.escape(table(v))}</pre>"
+            + fig.to_html(full_html=False, include_plotlyjs=True, div_id="fig-validation")
+            + f"<h2>Settings</h2><pre>{html.escape(json.dumps(finite(v.to_dict()['settings']), indent=2))}</pre>"
+            "</body></html>")
+    out.write_text(body, encoding="utf-8")
+
+
+def cmd_validate(args) -> int:
+    from capsim.validate import require_serve
+
+    require_serve()
+    configs = parse_configs(args.configs)
+    loads = parse_loads(args.loads)
+    if args.duration <= 0:
+        raise CapsimError(f"--duration: must be > 0 seconds, got {args.duration:g}")
+    if args.out and not args.out.lower().endswith((".html", ".htm", ".json")):
+        raise CapsimError(f"--out {args.out}: write a .html or .json validation report")
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"validate: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances, args.payload,
+                 args.preprocess_workers, args.seed, progress=say)
+    print(table(v))
+    if args.out:
+        write_report(v, args.out)
+        print(f"wrote {args.out}")
+    return 0
+

@@ -1,0 +1,74 @@
+"""capsim validate on the tiny model: a real calibration, real servers, real load, a real
+simulation; the table's errors are finite and the batch sizes the server formed match the
+simulator's prediction."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("onnxruntime")
+
+from capsim.validate.validate import parse_configs, parse_loads, validate, write_report  # noqa: E402
+from capsim.errors import CapsimError  # noqa: E402
+
+# Mean batch size: within 0.35 requests or 25 %, whichever is larger (short runs, a noisy 2-core box).
+BATCH_TOLERANCE_ABS, BATCH_TOLERANCE_REL = 0.35, 0.25
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prof") / "tiny.json"
+    r = subprocess.run([sys.executable, "-m", "capsim.cli", "calibrate", "--model", "tiny_cnn", "--batch-sizes",
+                        "1,2,4,8", "--max-seconds", "1", "--instances", "1", "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return str(out)
+
+
+def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
+    v = validate("tiny_cnn", "onnxruntime", tiny_profile, [(1, 0.0), (8, 20.0)], [0.2, 0.4], duration=3.0,
+                 overhead_duration=3.0)
+    assert len(v.cells) == 4
+    assert v.overhead["preprocess_ms"] > 0 and math.isfinite(v.overhead["overhead_ms"])
+    for c in v.cells:
+        for k in ("p50", "p95", "p99", "throughput"):
+            assert c.errors_pct[k] is not None and math.isfinite(c.errors_pct[k]), (c.to_dict(), k)
+        pred, meas = c.predicted["mean_batch_size"], c.measured["mean_batch_size"]
+        assert abs(pred - meas) <= max(BATCH_TOLERANCE_ABS, BATCH_TOLERANCE_REL * pred), c.to_dict()
+        assert c.measured["completed"] > 0
+    b1 = [c for c in v.cells if c.max_batch_size == 1]
+    assert all(c.measured["mean_batch_size"] == 1.0 for c in b1)  # B=1 never batches, in either world
+    b8 = [c for c in v.cells if c.max_batch_size == 8]
+    assert all(c.measured["mean_batch_size"] > 1.2 for c in b8)  # a 20 ms window does gather requests
+    out = tmp_path / "v.json"
+    write_report(v, str(out))
+    data = json.loads(out.read_text())
+    assert set(data["median_abs_error_pct"]) == {"p50", "p95", "p99", "throughput"}
+    html = tmp_path / "v.html"
+    write_report(v, str(html))
+    assert "Predicted vs measured" in html.read_text() and "Plotly.newPlot" in html.read_text()
+
+
+def test_validate_parses_its_options():
+    assert parse_configs("B=1,D=0;B=4,D=5") == [(1, 0.0), (4, 5.0)]
+    assert parse_loads("0.3,0.85") == [0.3, 0.85]
+    for bad in ("B=0,D=1", "B=x", "D=5", ""):
+        with pytest.raises(CapsimError, match="--configs"):
+            parse_configs(bad)
+    for bad in ("0", "2", "a"):
+        with pytest.raises(CapsimError, match="--loads"):
+            parse_loads(bad)
+
+
+def test_validate_cli_bad_input_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "capsim.cli", "validate", "--model", "tiny_cnn", "--profile",
+                        str(tmp_path / "missing.json"), "--loads", "0.5"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "missing.json" in lines[0]
