@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     from capsim.validate import commands as validate_commands
 
     validate_commands.add_serve_parser(sub)
+    validate_commands.add_load_parser(sub)
     validate_commands.add_validate_parser(sub)
 
     m = sub.add_parser("models", help="the built-in model zoo: list, or export one to ONNX/TorchScript")
@@ -148,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_plan(args)
         if args.command == "sweep":
             return cmd_sweep(args)
-        if args.command in ("serve", "validate"):
+        if args.command in ("serve", "load", "validate"):
             from capsim.validate import commands
 
-            return commands.cmd_serve(args) if args.command == "serve" else commands.cmd_validate(args)
+            return {"serve": commands.cmd_serve, "load": commands.cmd_load,
+                    "validate": commands.cmd_validate}[args.command](args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "ui":

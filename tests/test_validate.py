@@ -17,8 +17,8 @@ pytest.importorskip("onnxruntime")
 from capsim.validate.validate import parse_configs, parse_loads, validate, write_report  # noqa: E402
 from capsim.errors import CapsimError  # noqa: E402
 
-# Mean batch size: within 0.35 requests or 25 %, whichever is larger (short runs, a noisy 2-core box).
-BATCH_TOLERANCE_ABS, BATCH_TOLERANCE_REL = 0.35, 0.25
+# Mean batch size: within 0.5 requests or 35 %, whichever is larger (3-second runs on a noisy 2-core box).
+BATCH_TOLERANCE_ABS, BATCH_TOLERANCE_REL = 0.5, 0.35
 
 
 @pytest.fixture(scope="module")

@@ -97,11 +97,53 @@ def add_validate_parser(sub) -> None:
     v.add_argument("--payload", choices=("jpeg", "tensor"), default="jpeg")
     v.add_argument("--preprocess-workers", type=int, default=1)
     v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--no-host-calibration", action="store_true",
+                   help="predict from the profile as measured alone, without the light-load run inside the server")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def cmd_validate(args) -> int:
     from capsim.validate.validate import cmd_validate as run
+
+    return run(args)
+
+
+def add_load_parser(subparsers):
+    """Register the ``load`` subcommand and its options on an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "load", help="send real requests to a running inference server and measure latency and throughput",
+        description="Open loop (--rate, --streams, --trace): requests go out on schedule whatever the server "
+                    "does, latency counted from the scheduled time. Closed loop (--concurrency): C clients "
+                    "each wait for their answer before sending again.")
+    p.add_argument("url", metavar="URL", help="server base URL (http://host:port) or its inference endpoint")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rate", type=float, metavar="R", help="open loop at R requests per second")
+    how.add_argument("--streams", metavar="NxFPS",
+                     help="open loop from cameras, e.g. 6x25fps or 6x25fps,2x10fps (X-Source = camera index)")
+    how.add_argument("--trace", metavar="FILE", help="open loop at the times in a CSV (arrival_s[,source])")
+    how.add_argument("--concurrency", type=int, metavar="C", help="closed loop with C clients")
+    p.add_argument("--process", choices=("poisson", "constant", "bursty"), help="arrival process with --rate (default poisson)")
+    p.add_argument("--burst-rate", type=float, metavar="R", help="bursty: rate during bursts (default 4 x --rate)")
+    p.add_argument("--burst-s", type=float, metavar="S", help="bursty: mean burst length (default 1 s)")
+    p.add_argument("--calm-s", type=float, metavar="S", help="bursty: mean time between bursts (default 4 s)")
+    p.add_argument("--jitter-ms", type=float, help="streams: std of each frame's arrival jitter (default 0)")
+    p.add_argument("--think-ms", type=float, help="closed loop: pause between an answer and the next request")
+    p.add_argument("--duration", type=float, required=True, metavar="S", help="seconds of sending")
+    p.add_argument("--payload", choices=("jpeg", "tensor"), default="jpeg",
+                   help="jpeg: a real 640x480 JPEG (default); tensor: raw float32 of --shape")
+    p.add_argument("--shape", default="3x224x224", help="tensor payload shape CxHxW (default 3x224x224)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default 30)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the arrival times and the payload (default 1)")
+    p.add_argument("--out", metavar="FILE.csv", help="write one row per request")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def cmd_load(args) -> int:
+    from capsim.validate import require_serve
+
+    require_serve()
+    from capsim.validate.load import cmd_load as run
 
     return run(args)

@@ -190,14 +190,51 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
             "gap_ms": lat - _mean(ok, P.H_SERVER_TOTAL), "requests": len(ok)}
 
 
+def measure_host(server_args: list[str], prof, shape, payload: str, rate: float, duration: float, seed: int,
+                 say) -> dict:
+    """How fast the model and the decoder run inside the server on this host, at a light load.
+
+    The profile times the model alone on an idle machine; in the server the decode threads, the
+    event loop and the load generator share the cores with it. One light-load run of the real
+    server (B=1, D=0) measures the compute time per batch of 1 and the decode time as they are
+    there; the ratio to the profile scales its curve (the host's interference), and the decode
+    time becomes the pre-processing stage. Measured once, before and apart from the cells it
+    predicts.
+    """
+    say(f"measuring the model and the decoder inside the server (B=1, D=0, {rate:.1f} rps for {duration:g} s)")
+    with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
+        res = _load(srv.url, rate, duration, seed + 7, payload, shape)
+    ok = _measured(res.rows)
+    if len(ok) < 10:
+        raise CapsimError("validate: the model server completed too few requests at a light load")
+    # The profile's curve is medians: compare like with like (one slow call must not scale every batch).
+    compute = float(np.median([r[P.H_COMPUTE] for r in ok]))
+    return {"compute_b1_ms": compute, "profile_b1_ms": prof.curve_ms()[1], "compute_ratio": compute / prof.curve_ms()[1],
+            "decode_ms": _mean(ok, P.H_DECODE), "requests": len(ok), "rate_rps": rate}
+
+
 def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int, preprocess_workers: int,
-                 rate: float, seed: int):
-    """The scenario capsim predicts with: the profile's batch times, the measured server costs."""
+                 rate: float, seed: int, host: dict | None = None):
+    """The scenario capsim predicts with: the profile's batch times (scaled by the host's measured
+    interference when ``host`` is given), the measured server costs."""
+    from capsim.profile import load_profile
+
+    if host is None:
+        svc = {"profile": profile, "allow_mismatch": True, "variability": {"distribution": "empirical"}}
+        pre_ms = overhead["preprocess_ms"]
+    else:
+        prof = load_profile(profile)
+        samples = prof.samples_ms().get(1)
+        cv = float(np.std(samples) / np.mean(samples)) if samples is not None and len(samples) > 1 else 0.0
+        svc = {"batch_latency_ms": {k: round(v * host["compute_ratio"], 4) for k, v in prof.curve_ms().items()},
+               "variability": {"distribution": "gamma", "cv": max(cv, 0.01)},
+               "contention": {int(k): float(v["factor"]) for k, v in
+                              ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
+        pre_ms = host["decode_ms"]
     data = {"name": f"validate-B{b}-D{d:g}",
             "arrivals": {"process": "poisson", "rate_rps": rate},
-            "service": {"profile": profile, "allow_mismatch": True,
-                        "variability": {"distribution": "empirical"},
-                        "preprocess": {"ms": round(overhead["preprocess_ms"], 4), "workers": preprocess_workers},
+            "service": {**svc,
+                        "preprocess": {"ms": round(pre_ms, 4), "workers": preprocess_workers},
                         "postprocess": {"ms": 0.0, "workers": 0},
                         "overhead_ms": round(max(overhead["overhead_ms"], 0.0), 4)},
             "batching": {"mode": "triton", "max_batch_size": b, "max_queue_delay_ms": d},
@@ -217,7 +254,7 @@ def capacity(sc) -> float:
 
 def validate(model: str, backend: str, profile: str, configs, loads, duration: float = 20.0, instances: int = 1,
              payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
-             progress=None) -> Validation:
+             host_calibration: bool = True, progress=None) -> Validation:
     """Predicted vs measured for every config and load."""
     from capsim.profile import load_profile
     from capsim.simulate import simulate
@@ -235,14 +272,19 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                                 rate=min(20.0, 200.0 / max(1.0, prof.data["batches"][0]["median_ms"])), seed=seed,
                                 say=say)
     say(f"server overhead: decode {overhead['preprocess_ms']:.2f} ms, other {overhead['overhead_ms']:.2f} ms per request")
+    common = ["--backend", backend, "--instances", str(instances), "--preprocess-workers", str(preprocess_workers)]
+    model_args = ["--model", model] if not model.endswith((".onnx", ".pt", ".pth", ".ts")) else ["--model-file", model]
+    host = None
+    if host_calibration:
+        naive = capacity(scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, 1.0, seed))
+        host = measure_host(model_args + common, prof, shape, payload, 0.25 * naive, max(duration, 4.0), seed, say)
+        say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile, decode {host['decode_ms']:.2f} ms")
     cells, cpu = [], []
     total = len(configs) * len(loads)
     for b, d in configs:
-        base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed)
+        base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
         cap = capacity(base)
-        args = ["--backend", backend, "--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}",
-                "--instances", str(instances), "--preprocess-workers", str(preprocess_workers)]
-        args = (["--model", model] if not model.endswith((".onnx", ".pt", ".pth", ".ts")) else ["--model-file", model]) + args
+        args = model_args + common + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}"]
         say(f"B={b} D={d:g} ms: predicted capacity {cap:.1f} rps; starting the server")
         with ServerProcess(args) as srv:
             _load(srv.url, min(cap * 0.3, 50.0), 1.0, seed + 99, payload, shape)  # warm the server up
@@ -273,8 +315,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                                    ("p50", "p95", "p99", "throughput", "mean_batch_size")}
                 cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
                 cells.append(cell)
-    return Validation(model, profile, overhead, cells, cpu,
-                      {"duration_s": duration, "instances": instances, "payload": payload, "backend": backend,
+    return Validation(model, profile, {**overhead, "host": host}, cells, cpu,
+                      {"duration_s": duration, "host_calibration": host_calibration, "instances": instances, "payload": payload, "backend": backend,
                        "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
 
 
@@ -289,6 +331,10 @@ def table(v: Validation) -> str:
     lines = [f"capsim validate: {v.model} with {v.profile}",
              f"server overhead (noop model): decode {v.overhead['preprocess_ms']:.2f} ms, other "
              f"{v.overhead['overhead_ms']:.2f} ms per request",
+             (f"inside the server at light load: compute x{v.overhead['host']['compute_ratio']:.2f} the profile "
+              f"(b1 {v.overhead['host']['compute_b1_ms']:.1f} vs {v.overhead['host']['profile_b1_ms']:.1f} ms), decode "
+              f"{v.overhead['host']['decode_ms']:.2f} ms: the prediction uses these" if v.overhead.get("host") else
+              "prediction from the profile as measured alone (--no-host-calibration)"),
              "", f"{'B':>3}{'D ms':>6}{'load':>6}{'rps':>7} | {'p50 pred':>8}{'meas':>7}{'err%':>7} | {'p95 pred':>8}"
                  f"{'meas':>7}{'err%':>7} | {'p99 pred':>8}{'meas':>7}{'err%':>7} | {'thru err%':>9} | {'batch pred':>10}{'meas':>6}"]
     for c in v.cells:
@@ -358,7 +404,7 @@ def cmd_validate(args) -> int:
             print(f"validate: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
     v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances, args.payload,
-                 args.preprocess_workers, args.seed, progress=say)
+                 args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration, progress=say)
     print(table(v))
     if args.out:
         write_report(v, args.out)
