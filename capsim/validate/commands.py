@@ -97,6 +97,11 @@ def add_validate_parser(sub) -> None:
     v.add_argument("--payload", choices=("jpeg", "tensor"), default="jpeg")
     v.add_argument("--preprocess-workers", type=int, default=1)
     v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--streams", metavar="NxFPS", help="validate the camera pipeline instead: e.g. 6x25fps (per-camera "
+                   "caps in the server, drop rate and tail latency compared; --loads is not used)")
+    v.add_argument("--per-source-max-size", type=int, default=1, help="with --streams: queued frames per camera")
+    v.add_argument("--on-full", choices=("reject", "drop_oldest"), default="drop_oldest", help="with --streams")
+    v.add_argument("--jitter-ms", type=float, default=2.0, help="with --streams: frame arrival jitter")
     v.add_argument("--no-host-calibration", action="store_true",
                    help="predict from the profile as measured alone, without the light-load run inside the server")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")

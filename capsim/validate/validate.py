@@ -33,6 +33,9 @@ from capsim.validate import protocol as P
 WARMUP_FRACTION = 0.1     # the first 10 % of each run's requests are not measured (as the simulator's warm-up)
 TARGET_ERROR_PCT = 10.0
 TARGET_MAX_LOAD = 0.85
+# The in-server calibration runs at half the naive capacity: on a 2-core host the model slows as
+# decoding and HTTP work grow with the load, and the cells span 0.3-0.85 of capacity.
+HOST_LOAD = 0.5
 
 
 def parse_configs(text: str) -> list[tuple[int, float]]:
@@ -100,11 +103,12 @@ class ServerProcess:
         self.stop()
 
 
-def _load(url: str, rate: float, duration: float, seed: int, payload: str, shape, progress=None):
+def _load(url: str, rate: float, duration: float, seed: int, payload: str, shape, progress=None, arrivals=None):
+    """Poisson at ``rate``, or the given arrival process (camera streams)."""
     from capsim.config import Arrivals
     from capsim.validate.load import LoadSpec, run_load
 
-    spec = LoadSpec(url=url, duration_s=duration, arrivals=Arrivals(process="poisson", rate_rps=rate),
+    spec = LoadSpec(url=url, duration_s=duration, arrivals=arrivals or Arrivals(process="poisson", rate_rps=rate),
                     payload=payload, shape=tuple(shape), seed=seed, progress=progress)
     return asyncio.run(run_load(spec))
 
@@ -192,12 +196,12 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
 
 def measure_host(server_args: list[str], prof, shape, payload: str, rate: float, duration: float, seed: int,
                  say) -> dict:
-    """How fast the model and the decoder run inside the server on this host, at a light load.
+    """How fast the model and the decoder run inside the server on this host, under load.
 
     The profile times the model alone on an idle machine; in the server the decode threads, the
-    event loop and the load generator share the cores with it. One light-load run of the real
-    server (B=1, D=0) measures the compute time per batch of 1 and the decode time as they are
-    there; the ratio to the profile scales its curve (the host's interference), and the decode
+    event loop and the load generator share the cores with it. One run of the real
+    server (B=1, D=0, at ``rate``) measures the compute time per batch of 1 and the decode time as
+    they are there; the ratio to the profile scales its curve (the host's interference), and the decode
     time becomes the pre-processing stage. Measured once, before and apart from the cells it
     predicts.
     """
@@ -206,7 +210,7 @@ def measure_host(server_args: list[str], prof, shape, payload: str, rate: float,
         res = _load(srv.url, rate, duration, seed + 7, payload, shape)
     ok = _measured(res.rows)
     if len(ok) < 10:
-        raise CapsimError("validate: the model server completed too few requests at a light load")
+        raise CapsimError("validate: the model server completed too few requests in its calibration run")
     # The profile's curve is medians: compare like with like (one slow call must not scale every batch).
     compute = float(np.median([r[P.H_COMPUTE] for r in ok]))
     return {"compute_b1_ms": compute, "profile_b1_ms": prof.curve_ms()[1], "compute_ratio": compute / prof.curve_ms()[1],
@@ -277,7 +281,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
     host = None
     if host_calibration:
         naive = capacity(scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, 1.0, seed))
-        host = measure_host(model_args + common, prof, shape, payload, 0.25 * naive, max(duration, 4.0), seed, say)
+        host = measure_host(model_args + common, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
         say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile, decode {host['decode_ms']:.2f} ms")
     cells, cpu = [], []
     total = len(configs) * len(loads)
@@ -320,6 +324,70 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                        "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
 
 
+def validate_streams(model: str, backend: str, profile: str, configs, streams: str, duration: float = 20.0,
+                     per_source_max_size: int = 1, on_full: str = "drop_oldest", jitter_ms: float = 2.0,
+                     payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, progress=None) -> Validation:
+    """The seed's multi-camera pipeline: camera streams into a server with per-camera caps; tail
+    latency and the drop rate, predicted against measured, for each config (the load is the
+    cameras' own rate, often above capacity: the caps keep latency bounded by dropping)."""
+    from capsim.config import Arrivals
+    from capsim.plan import with_rate  # noqa: F401 - same scenario path as validate()
+    from capsim.profile import load_profile
+    from capsim.simulate import simulate
+    from capsim.validate.load import parse_streams
+
+    say = progress or (lambda msg: None)
+    groups = parse_streams(streams, jitter_ms)
+    arrivals = Arrivals(process="streams", streams=groups)
+    prof = load_profile(profile)
+    shape = tuple(prof.model.get("input_shape") or (3, 224, 224))
+    overhead = measure_overhead(shape, payload, preprocess_workers, 6.0, 10.0, seed, say)
+    common = ["--backend", backend, "--preprocess-workers", str(preprocess_workers)]
+    model_args = ["--model", model] if not model.endswith((".onnx", ".pt", ".pth", ".ts")) else ["--model-file", model]
+    naive = capacity(scenario_for(profile, overhead, 1, 0.0, 1, preprocess_workers, 1.0, seed))
+    host = measure_host(model_args + common, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
+    cells, cpu = [], []
+    for b, d in configs:
+        sc = scenario_for(profile, overhead, b, d, 1, preprocess_workers, 1.0, seed, host)
+        sc.arrivals = arrivals
+        sc.queue.per_source_max_size = per_source_max_size
+        sc.queue.on_full = on_full
+        args = model_args + common + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}",
+                                      "--per-source-max-size", str(per_source_max_size), "--on-full", on_full]
+        say(f"B={b} D={d:g} ms, {streams} with a cap of {per_source_max_size} per camera ({on_full})")
+        with ServerProcess(args) as srv:
+            _load(srv.url, 5.0, 1.0, seed + 99, payload, shape)
+            res = _load(srv.url, 0.0, duration, seed, payload, shape, arrivals=arrivals)
+        cpu.append(res.summary["generator_cpu_percent"])
+        rows = res.rows[int(len(res.rows) * WARMUP_FRACTION):]
+        ok = [r for r in rows if r["outcome"] == "ok"]
+        lat = np.array([r["latency_ms"] for r in ok]) if ok else np.array([np.nan])
+        measured = {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                    "p99": float(np.percentile(lat, 99)), "throughput": None,
+                    "drop_rate": 1.0 - len(ok) / max(len(rows), 1), "mean_batch_size": _mean(ok, P.H_BATCH_SIZE),
+                    "completed": len(ok), "dropped": len(rows) - len(ok)}
+        window = (max(r["received_s"] for r in ok) - min(r["scheduled_s"] for r in ok)) if len(ok) > 1 else 0
+        measured["throughput"] = len(ok) / window if window else None
+        sim = simulate(sc)
+        r = sim.to_dict()
+        predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"], "p99": r["latency_ms"]["p99"],
+                     "throughput": r["throughput_rps"], "drop_rate": r["drop_rate"],
+                     "mean_batch_size": r["mean_batch_size"], "stable": sim.stable}
+        cell = Cell(b, d, 1.0, arrivals.offered_rps(), predicted, measured)
+        cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
+                           ("p50", "p95", "p99", "throughput", "mean_batch_size", "drop_rate")}
+        bd = sim.breakdown_ms
+        cell.stages = {"decode": (sc.service.preprocess.ms, _mean(ok, P.H_DECODE)),
+                       "queue_wait": (bd["queue_wait"] + bd["batch_formation"], _mean(ok, P.H_QUEUE_WAIT)),
+                       "compute": (bd["service"], _mean(ok, P.H_COMPUTE))}
+        cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in cell.stages.items()}
+        cells.append(cell)
+    return Validation(model, profile, {**overhead, "host": host}, cells, cpu,
+                      {"duration_s": duration, "streams": streams, "per_source_max_size": per_source_max_size,
+                       "on_full": on_full, "jitter_ms": jitter_ms, "payload": payload, "backend": backend,
+                       "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -331,7 +399,7 @@ def table(v: Validation) -> str:
     lines = [f"capsim validate: {v.model} with {v.profile}",
              f"server overhead (noop model): decode {v.overhead['preprocess_ms']:.2f} ms, other "
              f"{v.overhead['overhead_ms']:.2f} ms per request",
-             (f"inside the server at light load: compute x{v.overhead['host']['compute_ratio']:.2f} the profile "
+             (f"inside the server at {v.overhead['host']['rate_rps']:.1f} rps: compute x{v.overhead['host']['compute_ratio']:.2f} the profile "
               f"(b1 {v.overhead['host']['compute_b1_ms']:.1f} vs {v.overhead['host']['profile_b1_ms']:.1f} ms), decode "
               f"{v.overhead['host']['decode_ms']:.2f} ms: the prediction uses these" if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
@@ -343,6 +411,11 @@ def table(v: Validation) -> str:
                      f"{f(p['p50'], 8)}{f(m['p50'])}{f(e['p50'])} | {f(p['p95'], 8)}{f(m['p95'])}{f(e['p95'])} | "
                      f"{f(p['p99'], 8)}{f(m['p99'])}{f(e['p99'])} | {f(e['throughput'], 9)} | "
                      f"{f(p['mean_batch_size'], 10, 2)}{f(m['mean_batch_size'], 6, 2)}")
+    if any("drop_rate" in c.predicted for c in v.cells):
+        lines.append("")
+        lines.append("drop rate (per-camera caps): " + "; ".join(
+            f"B={c.max_batch_size} D={c.max_queue_delay_ms:g}: predicted {100 * c.predicted['drop_rate']:.1f} %, "
+            f"measured {100 * c.measured['drop_rate']:.1f} %" for c in v.cells))
     lines.append("")
     lines.append("per-stage means (ms, predicted / measured, error %):")
     for c in v.cells:
@@ -403,8 +476,14 @@ def cmd_validate(args) -> int:
         if not args.quiet:
             print(f"validate: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
-    v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances, args.payload,
-                 args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration, progress=say)
+    if args.streams:
+        v = validate_streams(args.model, args.backend, args.profile, configs, args.streams, args.duration,
+                             args.per_source_max_size, args.on_full, args.jitter_ms, args.payload,
+                             args.preprocess_workers, args.seed, progress=say)
+    else:
+        v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances,
+                     args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
+                     progress=say)
     print(table(v))
     if args.out:
         write_report(v, args.out)
