@@ -85,7 +85,7 @@ def test_server_batches_and_reports_timings(jpegs):
             total = float(h[P.H_SERVER_TOTAL])
             parts = float(h[P.H_PREPROCESS]) + float(h[P.H_QUEUE_WAIT]) + float(h[P.H_COMPUTE])
             assert parts <= total + 0.5  # the parts fit inside the server's total
-            assert float(h[P.H_QUEUE_WAIT]) <= 20 + 15  # never much past the 20 ms window (one instance busy)
+            assert float(h[P.H_QUEUE_WAIT]) <= 20 + 30  # never much past the 20 ms window (one instance busy)
             assert b'"top5"' in body
         m = _metrics(srv.url)
         assert m["capsim_requests_received_total"] == 40
@@ -103,11 +103,18 @@ def test_server_batches_and_reports_timings(jpegs):
     assert "completed 41" in err and "bad_request 1" in err
 
 
-def test_queue_cap_of_one_rejects_under_overload(jpegs):
+# A burst of raw tensors (no decode to pace them) at resnet18 (~25-50 ms a batch on 2 cores)
+# builds a real queue, whatever the machine's speed.
+TENSOR = np.zeros((3, 224, 224), np.float32).tobytes()
+BURST = dict(ctype="application/octet-stream", **{P.H_SHAPE: "3x224x224"})
+
+
+def test_queue_cap_of_one_rejects_under_overload():
     # one instance, no batching, a cap of one waiting request: a burst of 30 cannot all be queued
-    srv = Server("--model", "tiny_cnn", "--max-batch-size", "1", "--max-queue-delay-ms", "0", "--queue-max-size", "1")
+    srv = Server("--model", "resnet18", "--max-batch-size", "1", "--max-queue-delay-ms", "0", "--queue-max-size", "1",
+                 "--preprocess-workers", "2")
     try:
-        res = asyncio.run(_burst(srv.url, [jpegs[0]] * 30))
+        res = asyncio.run(_burst(srv.url, [TENSOR] * 30, **BURST))
         codes = [st for st, _, _ in res]
         rejected = [h for st, h, _ in res if st == 503]
         assert codes.count(200) + len(rejected) == 30
@@ -120,13 +127,13 @@ def test_queue_cap_of_one_rejects_under_overload(jpegs):
         srv.stop()
 
 
-def test_drop_oldest_and_timeouts_are_accounted(jpegs):
-    srv = Server("--model", "tiny_cnn", "--max-batch-size", "2", "--max-queue-delay-ms", "0", "--queue-max-size", "3",
-                 "--on-full", "drop_oldest", "--queue-timeout-ms", "30")
+def test_drop_oldest_and_timeouts_are_accounted():
+    srv = Server("--model", "resnet18", "--max-batch-size", "2", "--max-queue-delay-ms", "0", "--queue-max-size", "3",
+                 "--on-full", "drop_oldest", "--queue-timeout-ms", "30", "--preprocess-workers", "2")
     try:
-        res = asyncio.run(_burst(srv.url, [jpegs[1]] * 40))
+        res = asyncio.run(_burst(srv.url, [TENSOR] * 40, **BURST))
         reasons = [h.get(P.H_DROP) for st, h, _ in res if st == 503]
-        assert set(reasons) <= {"dropped_oldest", "timeout"} and reasons
+        assert set(reasons) <= {"dropped_oldest", "timeout"} and "dropped_oldest" in reasons
         m = _metrics(srv.url)
         total = sum(v for k, v in m.items() if k.startswith("capsim_requests_total{"))
         assert total == m["capsim_requests_received_total"] == 40
