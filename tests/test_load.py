@@ -236,7 +236,7 @@ def test_rejections_and_timeouts_are_counted_by_reason():
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     # PYTHONPATH: this checkout's capsim, whatever the working directory.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "capsim.validate.load", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "capsim.cli", "load", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=60)
 
 

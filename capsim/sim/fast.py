@@ -104,6 +104,19 @@ def _oldest(status, head):
 
 
 @njit(cache=True)
+def _open_batch(status, open_pos, nxt):
+    """Timer batcher: how many of the open batch's requests are still queued, and the first of them."""
+    cnt = 0
+    first = -1
+    for p in range(open_pos, nxt):
+        if status[p] == 1:
+            if cnt == 0:
+                first = p
+            cnt += 1
+    return cnt, first
+
+
+@njit(cache=True)
 def _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, t, src, src_count, pcap):
     """QueueTimeout.expire_before: drop queued requests whose deadline is strictly before ``t``.
 
@@ -261,13 +274,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
         if timer:
             while True:
                 a = entry[nxt] if nxt < n else INF
-                cnt = 0
-                first = -1
-                for p in range(open_pos, nxt):
-                    if status[p] == 1:
-                        if cnt == 0:
-                            first = p
-                        cnt += 1
+                cnt, first = _open_batch(status, open_pos, nxt)
                 c = entry[first] + D if cnt > 0 else INF
                 d = INF
                 if has_timeout and qlen > 0:
@@ -391,13 +398,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                 if c_first < c_last:
                     t = now
                 else:
-                    cnt = 0
-                    first = -1
-                    for p in range(open_pos, nxt):
-                        if status[p] == 1:
-                            if cnt == 0:
-                                first = p
-                            cnt += 1
+                    cnt, first = _open_batch(status, open_pos, nxt)
                     t0 = entry[first] if cnt > 0 else (entry[nxt] if nxt < n else INF)
                     pk = nxt + B - cnt - 1
                     t = min(t0 + D, entry[pk] if pk < n else INF)

@@ -602,34 +602,3 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.out:
         print(f"rows: {args.out} ({len(result.rows)} requests)")
     return 0
-
-
-def _commands():
-    from capsim.validate import commands
-
-    return commands
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """``python -m capsim.validate.load ...``: the ``load`` subcommand on its own (until cli.py wires it)."""
-
-    class OneLineParser(argparse.ArgumentParser):
-        def error(self, message: str):  # noqa: D401 - argparse API
-            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-    parser = OneLineParser(prog="capsim")
-    _commands().add_load_parser(parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser))
-    args = parser.parse_args(["load", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return cmd_load(args)
-    except CapsimError as exc:
-        for line in str(exc).splitlines():
-            print(f"capsim: error: {line}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("capsim: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
