@@ -5,7 +5,6 @@ its latency moves with the offered rate and the max batch size. Data only, no UI
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,7 +207,3 @@ def latency_sample(res: SimulationResult, limit: int = 20_000) -> np.ndarray:
     if len(lat) > limit:
         lat = lat[np.linspace(0, len(lat) - 1, limit).astype(int)]
     return lat
-
-
-def finite_or_none(x):
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x

@@ -231,7 +231,6 @@ def test_rounding_matches_python_round():
 
 
 def test_engine_choice_auto_simpy_fast():
-    from capsim.errors import CapsimError
     from capsim.simulate import simulate
 
     sc = load_scenario("mini-challenge", ["run.requests=6000", "run.replications=2"])

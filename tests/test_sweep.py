@@ -3,7 +3,6 @@ executors that agree (a process pool and a real Dask cluster), Ctrl-C keeping fi
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys

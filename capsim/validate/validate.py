@@ -331,7 +331,6 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
     latency and the drop rate, predicted against measured, for each config (the load is the
     cameras' own rate, often above capacity: the caps keep latency bounded by dropping)."""
     from capsim.config import Arrivals
-    from capsim.plan import with_rate  # noqa: F401 - same scenario path as validate()
     from capsim.profile import load_profile
     from capsim.simulate import simulate
     from capsim.validate.load import parse_streams
