@@ -42,6 +42,19 @@ def unsupported_features(sc: Scenario) -> list[str]:
 # --------------------------------------------------------------------------- the compiled loop
 
 
+@njit(cache=True, inline="always")
+def _hless(ht, he, a, b):
+    """Heap entry a comes before b: earlier time, then lower priority offset + eid."""
+    return ht[a] < ht[b] or (ht[a] == ht[b] and he[a] < he[b])
+
+
+@njit(cache=True, inline="always")
+def _hswap(ht, he, hv, a, b):
+    ht[a], ht[b] = ht[b], ht[a]
+    he[a], he[b] = he[b], he[a]
+    hv[a], hv[b] = hv[b], hv[a]
+
+
 @njit(cache=True)
 def _hpush(ht, he, hv, size, t, e, v):
     """Push (t, e) -> v on a binary min-heap keyed on (time, e), e = priority offset + eid; grows the
@@ -60,11 +73,9 @@ def _hpush(ht, he, hv, size, t, e, v):
     hv[i] = v
     while i > 0:
         p = (i - 1) >> 1
-        if ht[p] < ht[i] or (ht[p] == ht[i] and he[p] < he[i]):
+        if _hless(ht, he, p, i):
             break
-        ht[p], ht[i] = ht[i], ht[p]
-        he[p], he[i] = he[i], he[p]
-        hv[p], hv[i] = hv[i], hv[p]
+        _hswap(ht, he, hv, p, i)
         i = p
     return ht, he, hv, size + 1
 
@@ -83,13 +94,11 @@ def _hpop(ht, he, hv, size):
             break
         m = l
         r = l + 1
-        if r < size and (ht[r] < ht[l] or (ht[r] == ht[l] and he[r] < he[l])):
+        if r < size and _hless(ht, he, r, l):
             m = r
-        if ht[i] < ht[m] or (ht[i] == ht[m] and he[i] < he[m]):
+        if _hless(ht, he, i, m):
             break
-        ht[m], ht[i] = ht[i], ht[m]
-        he[m], he[i] = he[i], he[m]
-        hv[m], hv[i] = hv[i], hv[m]
+        _hswap(ht, he, hv, m, i)
         i = m
     return size
 
