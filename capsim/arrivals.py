@@ -20,6 +20,15 @@ class ArrivalStream:
     source: np.ndarray
     frame: np.ndarray
     n_sources: int
+    bursts: np.ndarray | None = None  # (k, 2) [start, end) seconds of each burst, where the process has them
+
+    def in_burst(self, t: np.ndarray) -> np.ndarray:
+        """Whether each time in ``t`` falls inside a burst (all False when there are none)."""
+        t = np.asarray(t, dtype=np.float64)
+        if self.bursts is None or not len(self.bursts):
+            return np.zeros(t.shape, bool)
+        i = np.searchsorted(self.bursts[:, 0], t, side="right") - 1
+        return (i >= 0) & (t < self.bursts[np.maximum(i, 0), 1])
 
     def __len__(self) -> int:
         return len(self.times)
@@ -74,16 +83,42 @@ def _mmpp(cfg: Arrivals, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(chunks)[:n]
 
 
+def _burst_clock(cfg: Arrivals, horizon: float, rng: np.random.Generator):
+    """Alternating calm and burst periods (exponential lengths, stationary start) for camera
+    streams; during a burst the cameras' clock runs ``burst_factor`` times faster.
+
+    Returns breakpoints in real time and in camera time (piecewise linear, for ``np.interp``)
+    covering ``horizon`` seconds of camera time, and the burst windows in real time.
+    """
+    means, speed = (cfg.mean_calm_s, cfg.mean_burst_s), (1.0, cfg.burst_factor)
+    state = int(rng.random() < means[1] / (means[0] + means[1]))
+    real, cam, bursts = [0.0], [0.0], []
+    while cam[-1] < horizon:
+        length = rng.exponential(means[state])
+        real.append(real[-1] + length)
+        cam.append(cam[-1] + length * speed[state])
+        if state:
+            bursts.append((real[-2], real[-1]))
+        state ^= 1
+    return np.array(real), np.array(cam), np.array(bursts, dtype=np.float64).reshape(-1, 2)
+
+
 def _streams(cfg: Arrivals, n: int, rng: np.random.Generator) -> ArrivalStream:
-    """Each camera emits frames every 1/fps from a random phase, with Gaussian jitter."""
+    """Each camera emits frames every 1/fps from a random phase, with Gaussian jitter; with a
+    ``burst_factor``, every camera speeds up by that factor during the (shared) bursts."""
     fps = np.concatenate([np.full(g.count, g.fps) for g in cfg.streams])
     jitter = np.concatenate([np.full(g.count, g.jitter_ms / 1000.0) for g in cfg.streams])
     horizon = (n + len(fps)) / fps.sum()
+    # The bursts come from a generator of their own, so a longer run extends the same schedule.
+    clock = _burst_clock(cfg, horizon, np.random.default_rng(rng.integers(2**63))) \
+        if cfg.burst_factor is not None else None
     times, source, frame = [], [], []
     for cam, (f, j) in enumerate(zip(fps, jitter)):
         k = int(np.ceil(horizon * f)) + 2
         idx = np.arange(k, dtype=np.int64)
         t = (rng.random() + idx) / f
+        if clock is not None:
+            t = np.interp(t, clock[1], clock[0])
         if j > 0:
             t = t + rng.normal(0.0, j, k)
         times.append(t)
@@ -92,8 +127,10 @@ def _streams(cfg: Arrivals, n: int, rng: np.random.Generator) -> ArrivalStream:
     t = np.concatenate(times)
     order = np.argsort(t, kind="stable")[:n]
     t = t[order]
-    t -= min(t[0], 0.0)  # jitter may push the very first frame below zero
-    return ArrivalStream(t, np.concatenate(source)[order], np.concatenate(frame)[order], len(fps))
+    shift = min(t[0], 0.0)  # jitter may push the very first frame below zero
+    t -= shift
+    bursts = clock[2] - shift if clock is not None else None
+    return ArrivalStream(t, np.concatenate(source)[order], np.concatenate(frame)[order], len(fps), bursts)
 
 
 def read_trace(path: Path, n: int | None = None) -> ArrivalStream:

@@ -72,8 +72,12 @@ class Arrivals:
         None, "mean arrival rate (poisson, constant; calm-state rate for bursty)", unit="rps", gt=0, ui_max=2000
     )
     burst_rate_rps: float | None = spec(None, "arrival rate during a burst (bursty)", unit="rps", gt=0)
-    mean_burst_s: float | None = spec(None, "mean length of a burst (bursty)", unit="s", gt=0)
-    mean_calm_s: float | None = spec(None, "mean time between bursts (bursty)", unit="s", gt=0)
+    burst_factor: float | None = spec(None, "every camera's frame rate is multiplied by this during a burst "
+                                      "(streams; a scene event that wakes all cameras at once)", ge=1, ui_max=8)
+    mean_burst_s: float | None = spec(None, "mean length of a burst (bursty; streams with burst_factor)", unit="s",
+                                      gt=0)
+    mean_calm_s: float | None = spec(None, "mean time between bursts (bursty; streams with burst_factor)", unit="s",
+                                     gt=0)
     streams: list[StreamGroup] = spec(help="camera groups (streams)", factory=list)
     path: str | None = spec(None, "CSV of arrival times in seconds, one per line or a column arrival_s (trace)")
 
@@ -85,7 +89,11 @@ class Arrivals:
             calm, burst = self.mean_calm_s, self.mean_burst_s
             return (self.rate_rps * calm + self.burst_rate_rps * burst) / (calm + burst)
         if self.process == "streams":
-            return sum(g.count * g.fps for g in self.streams)
+            fps = sum(g.count * g.fps for g in self.streams)
+            if self.burst_factor is not None:
+                calm, burst = self.mean_calm_s, self.mean_burst_s
+                fps *= (calm + self.burst_factor * burst) / (calm + burst)
+            return fps
         return None
 
 
@@ -431,10 +439,10 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
         "poisson": {"rate_rps"},
         "constant": {"rate_rps"},
         "bursty": {"rate_rps", "burst_rate_rps", "mean_burst_s", "mean_calm_s"},
-        "streams": {"streams"},
+        "streams": {"streams"} | ({"burst_factor", "mean_burst_s", "mean_calm_s"} if a.burst_factor is not None else set()),
         "trace": {"path"},
     }[a.process]
-    for name in ("rate_rps", "burst_rate_rps", "mean_burst_s", "mean_calm_s", "streams", "path"):
+    for name in ("rate_rps", "burst_rate_rps", "burst_factor", "mean_burst_s", "mean_calm_s", "streams", "path"):
         given = getattr(a, name) not in (None, [])
         if name in needs and not given:
             problems.append(f"arrivals.{name}: required for process {a.process}; set it")

@@ -92,3 +92,19 @@ def test_null_empties_a_curve_so_a_profile_can_replace_it():
     assert sc.service.batch_latency_ms == {} and sc.service.curve_ms()[1] > 0
     with pytest.raises(ScenarioError, match="service.batch_latency_ms: required"):
         load_scenario("mini-challenge", ["service.batch_latency_ms=null"])
+
+
+def test_camera_bursts_need_their_lengths_and_only_apply_to_streams():
+    cams = {"process": "streams", "streams": [{"count": 6, "fps": 25}]}
+    with pytest.raises(ScenarioError) as exc:
+        parse_scenario({**BASE, "arrivals": {**cams, "burst_factor": 3}})
+    assert "arrivals.mean_burst_s: required for process streams; set it" in exc.value.problems
+    assert "arrivals.mean_calm_s: required for process streams; set it" in exc.value.problems
+    with pytest.raises(ScenarioError, match="arrivals.mean_burst_s: not used by process streams"):
+        parse_scenario({**BASE, "arrivals": {**cams, "mean_burst_s": 1}})
+    with pytest.raises(ScenarioError, match="arrivals.burst_factor: must be >= 1"):
+        parse_scenario({**BASE, "arrivals": {**cams, "burst_factor": 0.5, "mean_burst_s": 1, "mean_calm_s": 4}})
+    with pytest.raises(ScenarioError, match="arrivals.burst_factor: not used by process poisson"):
+        parse_scenario({**BASE, "arrivals": {**BASE["arrivals"], "burst_factor": 2}})
+    sc = parse_scenario({**BASE, "arrivals": {**cams, "burst_factor": 3, "mean_burst_s": 1, "mean_calm_s": 4}})
+    assert sc.arrivals.offered_rps() == pytest.approx(210)

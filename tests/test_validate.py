@@ -72,3 +72,18 @@ def test_validate_cli_bad_input_exits_2(tmp_path):
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "missing.json" in lines[0]
+
+
+def test_camera_validation_compares_the_bursts(tiny_profile):
+    from capsim.validate.validate import validate_streams
+
+    v = validate_streams("tiny_cnn", "onnxruntime", tiny_profile, [(4, 5.0)], "3x10fps", duration=4.0,
+                         burst=3.0, burst_s=0.5, calm_s=0.5)
+    (c,) = v.cells
+    assert c.rate_rps == pytest.approx(30 * (0.5 + 3 * 0.5) / 1.0)  # the long-run mean of the cameras
+    for side in (c.predicted, c.measured):
+        assert side["burst_p95"] is not None and side["burst_p95"] > 0
+        assert 0.0 <= side["burst_drop_rate"] <= 1.0
+    assert math.isfinite(c.errors_pct["burst_p95"])
+    # the server ran the model with the threads it was calibrated with
+    assert v.settings["burst"] == 3.0 and v.settings["threads"] == json.load(open(tiny_profile))["hardware"]["threads_used"]

@@ -102,6 +102,13 @@ def add_validate_parser(sub) -> None:
     v.add_argument("--per-source-max-size", type=int, default=1, help="with --streams: queued frames per camera")
     v.add_argument("--on-full", choices=("reject", "drop_oldest"), default="drop_oldest", help="with --streams")
     v.add_argument("--jitter-ms", type=float, default=2.0, help="with --streams: frame arrival jitter")
+    v.add_argument("--burst", type=float, metavar="X", help="with --streams: cameras run X times faster during bursts; "
+                   "tail latency and drops inside the bursts are compared too")
+    v.add_argument("--burst-s", type=float, default=2.0, metavar="S", help="with --burst: mean burst length (default 2)")
+    v.add_argument("--calm-s", type=float, default=6.0, metavar="S",
+                   help="with --burst: mean time between bursts (default 6)")
+    v.add_argument("--threads", type=int, help="runtime threads per instance in the server (default: the threads "
+                   "the profile was calibrated with, so the model runs as it was measured)")
     v.add_argument("--no-host-calibration", action="store_true",
                    help="predict from the profile as measured alone, without the light-load run inside the server")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
@@ -130,8 +137,10 @@ def add_load_parser(subparsers):
     how.add_argument("--concurrency", type=int, metavar="C", help="closed loop with C clients")
     p.add_argument("--process", choices=("poisson", "constant", "bursty"), help="arrival process with --rate (default poisson)")
     p.add_argument("--burst-rate", type=float, metavar="R", help="bursty: rate during bursts (default 4 x --rate)")
-    p.add_argument("--burst-s", type=float, metavar="S", help="bursty: mean burst length (default 1 s)")
-    p.add_argument("--calm-s", type=float, metavar="S", help="bursty: mean time between bursts (default 4 s)")
+    p.add_argument("--burst", type=float, metavar="X",
+                   help="streams: every camera's frame rate is multiplied by X during bursts (e.g. 3)")
+    p.add_argument("--burst-s", type=float, metavar="S", help="bursty / --burst: mean burst length (default 1 s)")
+    p.add_argument("--calm-s", type=float, metavar="S", help="bursty / --burst: mean time between bursts (default 4 s)")
     p.add_argument("--jitter-ms", type=float, help="streams: std of each frame's arrival jitter (default 0)")
     p.add_argument("--think-ms", type=float, help="closed loop: pause between an answer and the next request")
     p.add_argument("--duration", type=float, required=True, metavar="S", help="seconds of sending")

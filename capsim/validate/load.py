@@ -69,6 +69,7 @@ COLUMNS = (
     "status",            # HTTP status, or "error" when no response came (timeout, connection)
     "outcome",           # ok (200), rejected (503, the server dropped it) or error
     "reason",            # the drop reason (rejected) or what went wrong (error); empty when ok
+    "in_burst",          # scheduled inside a burst (bursty camera streams; empty for other loads)
     *P.TIMING_HEADERS,
     P.H_DROP,
 )
@@ -139,7 +140,9 @@ class LoadSpec:
         if a.process == "streams":
             groups = ",".join(f"{g.count}x{g.fps:g}fps" for g in a.streams)
             jitter = max((g.jitter_ms for g in a.streams), default=0.0)
-            return f"open loop, streams {groups}" + (f" (jitter {jitter:g} ms)" if jitter else "")
+            burst = (f", x{a.burst_factor:g} fps in bursts (mean burst {a.mean_burst_s:g} s, calm {a.mean_calm_s:g} s)"
+                     if a.burst_factor is not None else "")
+            return f"open loop, streams {groups}" + (f" (jitter {jitter:g} ms)" if jitter else "") + burst
         return f"open loop, trace {a.path}"
 
 
@@ -163,6 +166,10 @@ def _check_arrivals(a: Arrivals, base_dir: Path) -> None:
             if value is None or not (value > 0 and math.isfinite(value)):
                 raise CapsimError(f"{option}: must be > 0 with --process bursty, got {value}; e.g. {option} {example}")
     elif a.process == "streams":
+        if a.burst_factor is not None:
+            for value, option in ((a.mean_burst_s, "--burst-s"), (a.mean_calm_s, "--calm-s")):
+                if value is None or not (value > 0 and math.isfinite(value)):
+                    raise CapsimError(f"{option}: must be > 0 with --burst, got {value}; e.g. {option} 2")
         if not a.streams:
             raise CapsimError("--streams: give at least one camera group, e.g. --streams 6x25fps")
         for g in a.streams:
@@ -205,7 +212,8 @@ def schedule(arrivals: Arrivals, duration_s: float, seed: int = 1, base_dir: str
 
 def _cut(s: ArrivalStream, duration_s: float) -> ArrivalStream:
     keep = s.times < duration_s
-    return ArrivalStream(s.times[keep], s.source[keep], s.frame[keep], s.n_sources)
+    bursts = None if s.bursts is None else s.bursts[s.bursts[:, 0] < duration_s]
+    return ArrivalStream(s.times[keep], s.source[keep], s.frame[keep], s.n_sources, bursts)
 
 
 def make_payload(kind: str, shape: tuple[int, int, int] = (3, 224, 224), seed: int = 1) -> tuple[bytes, dict[str, str]]:
@@ -295,7 +303,7 @@ class _Client:
             "scheduled_s": scheduled - self.t0, "sent_s": sent - self.t0, "received_s": received - self.t0,
             "latency_ms": (received - scheduled) * 1e3, "response_ms": (received - sent) * 1e3,
             "send_lateness_ms": (sent - scheduled) * 1e3,
-            "status": status, "outcome": outcome, "reason": reason,
+            "status": status, "outcome": outcome, "reason": reason, "in_burst": None,
         }
         for h in P.TIMING_HEADERS:
             row[h] = resp_headers.get(h) if h == P.H_INSTANCE else _number(resp_headers.get(h))
@@ -413,6 +421,10 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         elapsed = loop.time() - t0
         cpu1 = os.times()
     rows = sorted(client.rows, key=lambda r: r["index"])
+    if sched is not None and sched.bursts is not None:
+        flags = sched.in_burst(sched.times).tolist()
+        for r in rows:
+            r["in_burst"] = flags[r["index"]]
     cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     summary = summarize(rows, spec, url, n_scheduled=len(sched) if sched is not None else len(rows))
     summary["start_unix_s"] = wall0
@@ -472,7 +484,21 @@ def summarize(rows: list[dict[str, Any]], spec: LoadSpec, url: str, n_scheduled:
         "gap_ms": _pcts(gaps, ("p50", "p99")),
         "send_lateness_ms": lateness,
         "generator_late": bool(lateness and lateness["p99"] > LATE_WARN_MS),
+        "bursts": _burst_summary(rows),
     }
+
+
+def _burst_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Latency and drops of the requests scheduled inside bursts and of the others (bursty streams)."""
+    if not rows or rows[0]["in_burst"] is None:
+        return None
+    out = {}
+    for name, flag in (("in_bursts", True), ("outside", False)):
+        part = [r for r in rows if r["in_burst"] is flag]
+        ok = [r["latency_ms"] for r in part if r["outcome"] == "ok"]
+        out[name] = {"sent": len(part), "completed": len(ok),
+                     "drop_rate": 1.0 - len(ok) / len(part) if part else None, "latency_ms": _pcts(ok)}
+    return out
 
 
 def format_summary(result: LoadResult) -> str:
@@ -504,6 +530,12 @@ def format_summary(result: LoadResult) -> str:
         g = s["gap_ms"]
         lines.append(f"client - server mean {g['mean']:.1f} ms, p99 {g['p99']:.1f} ms  (network + HTTP: response "
                      f"time minus {P.H_SERVER_TOTAL})")
+    for name, label in (("in_bursts", "in bursts"), ("outside", "outside")):
+        b = (s.get("bursts") or {}).get(name)
+        if b and b["sent"]:
+            lat = b["latency_ms"]
+            figures = "  ".join(f"{k} {lat[k]:.1f}" for k in ("p50", "p95", "p99")) if lat else "none completed"
+            lines.append(f"{label:<15} sent {b['sent']}, dropped {100 * b['drop_rate']:.1f} %, latency (ms) {figures}")
     late = s["send_lateness_ms"]
     if late:
         lines.append(f"load generator  CPU {s['generator_cpu_percent']:.0f}% of one core, send lateness "
@@ -559,9 +591,12 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
             raise CapsimError(f"{option}: only applies with {needs}; remove it")
 
     bursty = args.rate is not None and args.process == "bursty"
+    burst_streams = args.streams is not None and args.burst is not None
     only_with("--process", args.process, args.rate is not None, "--rate")
-    for opt, value in (("--burst-rate", args.burst_rate), ("--burst-s", args.burst_s), ("--calm-s", args.calm_s)):
-        only_with(opt, value, bursty, "--rate R --process bursty")
+    only_with("--burst-rate", args.burst_rate, bursty, "--rate R --process bursty")
+    only_with("--burst", args.burst, args.streams is not None, "--streams")
+    for opt, value in (("--burst-s", args.burst_s), ("--calm-s", args.calm_s)):
+        only_with(opt, value, bursty or burst_streams, "--rate R --process bursty or --streams ... --burst X")
     only_with("--jitter-ms", args.jitter_ms, args.streams is not None, "--streams")
     only_with("--think-ms", args.think_ms, args.concurrency is not None, "--concurrency")
 
@@ -577,6 +612,13 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
             arrivals.mean_calm_s = args.calm_s if args.calm_s is not None else 4.0
     elif args.streams is not None:
         arrivals = Arrivals(process="streams", streams=parse_streams(args.streams, args.jitter_ms or 0.0))
+        if args.burst is not None:
+            if not (args.burst >= 1 and math.isfinite(args.burst)):
+                raise CapsimError(f"--burst: the cameras' frame-rate multiplier during a burst must be >= 1, "
+                                  f"got {args.burst:g}; e.g. --burst 3")
+            arrivals.burst_factor = args.burst
+            arrivals.mean_burst_s = args.burst_s if args.burst_s is not None else 1.0
+            arrivals.mean_calm_s = args.calm_s if args.calm_s is not None else 4.0
     elif args.trace is not None:
         arrivals = Arrivals(process="trace", path=args.trace)
     return LoadSpec(

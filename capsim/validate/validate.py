@@ -113,6 +113,18 @@ def _load(url: str, rate: float, duration: float, seed: int, payload: str, shape
     return asyncio.run(run_load(spec))
 
 
+def _warm_up(url: str, rate: float, seed: int, payload: str, shape) -> None:
+    """One second of light load on a fresh server, not measured."""
+    _load(url, min(rate * 0.3, 50.0), 1.0, seed + 99, payload, shape)
+
+
+def request_batch_size(hist: dict) -> float:
+    """The batch size the mean request sees, from a histogram of batches by size: what the
+    server's X-Batch-Size averages to (a batch of 8 is 8 requests' answer, a batch of 1 one's)."""
+    n = sum(b * c for b, c in hist.items())
+    return sum(b * b * c for b, c in hist.items()) / n if n else float("nan")
+
+
 def _measured(rows: list[dict]) -> list[dict]:
     """Completed requests after the warm-up share, in send order."""
     skip = int(len(rows) * WARMUP_FRACTION)
@@ -207,6 +219,7 @@ def measure_host(server_args: list[str], prof, shape, payload: str, rate: float,
     """
     say(f"measuring the model and the decoder inside the server (B=1, D=0, {rate:.1f} rps for {duration:g} s)")
     with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
+        _warm_up(srv.url, rate, seed, payload, shape)  # as before every cell: the first runs of a session are slow
         res = _load(srv.url, rate, duration, seed + 7, payload, shape)
     ok = _measured(res.rows)
     if len(ok) < 10:
@@ -258,9 +271,21 @@ def capacity(sc) -> float:
     return min(throughput_bound(sc), stage)
 
 
+def profile_threads(prof) -> int | None:
+    """The runtime threads the profile was measured with (the server runs the model the same way)."""
+    t = (prof.data.get("hardware") or {}).get("threads_used")
+    return int(t) if t else None
+
+
+def _model_args(model: str, backend: str, preprocess_workers: int, threads: int | None, instances: int = 1) -> list[str]:
+    args = ["--model", model] if not model.endswith((".onnx", ".pt", ".pth", ".ts")) else ["--model-file", model]
+    args += ["--backend", backend, "--instances", str(instances), "--preprocess-workers", str(preprocess_workers)]
+    return args + (["--threads", str(threads)] if threads else [])
+
+
 def validate(model: str, backend: str, profile: str, configs, loads, duration: float = 20.0, instances: int = 1,
              payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
-             host_calibration: bool = True, progress=None) -> Validation:
+             host_calibration: bool = True, threads: int | None = None, progress=None) -> Validation:
     """Predicted vs measured for every config and load."""
     from capsim.profile import load_profile
     from capsim.simulate import simulate
@@ -278,22 +303,22 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                                 rate=min(20.0, 200.0 / max(1.0, prof.data["batches"][0]["median_ms"])), seed=seed,
                                 say=say)
     say(f"server overhead: decode {overhead['preprocess_ms']:.2f} ms, other {overhead['overhead_ms']:.2f} ms per request")
-    common = ["--backend", backend, "--instances", str(instances), "--preprocess-workers", str(preprocess_workers)]
-    model_args = ["--model", model] if not model.endswith((".onnx", ".pt", ".pth", ".ts")) else ["--model-file", model]
+    threads = threads or profile_threads(prof)
+    server_args = _model_args(model, backend, preprocess_workers, threads, instances)
     host = None
     if host_calibration:
         naive = capacity(scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, 1.0, seed))
-        host = measure_host(model_args + common, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
+        host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
         say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile, decode {host['decode_ms']:.2f} ms")
     cells, cpu = [], []
     total = len(configs) * len(loads)
     for b, d in configs:
         base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
         cap = capacity(base)
-        args = model_args + common + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}"]
+        args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}"]
         say(f"B={b} D={d:g} ms: predicted capacity {cap:.1f} rps; starting the server")
         with ServerProcess(args) as srv:
-            _load(srv.url, min(cap * 0.3, 50.0), 1.0, seed + 99, payload, shape)  # warm the server up
+            _warm_up(srv.url, cap, seed, payload, shape)
             for load in loads:
                 rate = load * cap
                 say(f"  [{len(cells) + 1}/{total}] load {load:.2f}: {rate:.1f} rps for {duration:g} s")
@@ -310,7 +335,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                 r = sim.to_dict()
                 predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"],
                              "p99": r["latency_ms"]["p99"], "throughput": r["throughput_rps"] if sim.stable else None,
-                             "mean_batch_size": r["mean_batch_size"], "stable": sim.stable}
+                             "mean_batch_size": request_batch_size(sim.batch_size_histogram), "stable": sim.stable}
                 bd = sim.breakdown_ms
                 stages = {"preprocess": (bd["preprocess"], _mean(ok, P.H_PREPROCESS)),
                           "decode": (base.service.preprocess.ms, _mean(ok, P.H_DECODE)),
@@ -322,16 +347,39 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                 cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
                 cells.append(cell)
     return Validation(model, profile, {**overhead, "host": host}, cells, cpu,
-                      {"duration_s": duration, "host_calibration": host_calibration, "instances": instances, "payload": payload, "backend": backend,
+                      {"duration_s": duration, "host_calibration": host_calibration, "instances": instances,
+                       "payload": payload, "backend": backend, "threads": threads,
                        "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
+
+
+def _burst_figures(sc) -> dict:
+    """p95 and drop rate of the simulated requests that arrive inside bursts (after warm-up)."""
+    from capsim.arrivals import generate
+    from capsim.simulate import make_engine, replication_seeds
+
+    engine = make_engine(sc)
+    lat, sent = [], 0
+    for arr_ss, svc_ss in replication_seeds(sc.run.seed, sc.run.replications):
+        arrivals = generate(sc.arrivals, sc.run.requests, np.random.default_rng(arr_ss), sc.base_dir)
+        tr = engine.run(arrivals, np.random.default_rng(svc_ss))
+        inside = arrivals.in_burst(tr.arrival) & ~tr.warmup
+        sent += int(inside.sum())
+        lat.append(tr.latency_ms[inside & tr.completed])
+    lat = np.concatenate(lat)
+    return {"burst_p95": float(np.percentile(lat, 95)) if len(lat) else None,
+            "burst_drop_rate": 1.0 - len(lat) / sent if sent else None}
 
 
 def validate_streams(model: str, backend: str, profile: str, configs, streams: str, duration: float = 20.0,
                      per_source_max_size: int = 1, on_full: str = "drop_oldest", jitter_ms: float = 2.0,
-                     payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, progress=None) -> Validation:
+                     payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, burst: float | None = None,
+                     burst_s: float = 2.0, calm_s: float = 6.0, threads: int | None = None,
+                     progress=None) -> Validation:
     """The seed's multi-camera pipeline: camera streams into a server with per-camera caps; tail
     latency and the drop rate, predicted against measured, for each config (the load is the
-    cameras' own rate, often above capacity: the caps keep latency bounded by dropping)."""
+    cameras' own rate, often above capacity: the caps keep latency bounded by dropping). With
+    ``burst``, every camera runs ``burst`` times faster during shared bursts, and the p95 and
+    drop rate of the frames sent inside bursts are compared too."""
     from capsim.config import Arrivals
     from capsim.profile import load_profile
     from capsim.simulate import simulate
@@ -340,24 +388,28 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
     say = progress or (lambda msg: None)
     groups = parse_streams(streams, jitter_ms)
     arrivals = Arrivals(process="streams", streams=groups)
+    if burst is not None:
+        if not burst >= 1 or burst_s <= 0 or calm_s <= 0:
+            raise CapsimError("--burst: must be >= 1 (the cameras' speed-up), with --burst-s and --calm-s > 0")
+        arrivals.burst_factor, arrivals.mean_burst_s, arrivals.mean_calm_s = burst, burst_s, calm_s
     prof = load_profile(profile)
     shape = tuple(prof.model.get("input_shape") or (3, 224, 224))
     overhead = measure_overhead(shape, payload, preprocess_workers, 6.0, 10.0, seed, say)
-    common = ["--backend", backend, "--preprocess-workers", str(preprocess_workers)]
-    model_args = ["--model", model] if not model.endswith((".onnx", ".pt", ".pth", ".ts")) else ["--model-file", model]
+    threads = threads or profile_threads(prof)
+    server_args = _model_args(model, backend, preprocess_workers, threads)
     naive = capacity(scenario_for(profile, overhead, 1, 0.0, 1, preprocess_workers, 1.0, seed))
-    host = measure_host(model_args + common, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
+    host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
     cells, cpu = [], []
     for b, d in configs:
         sc = scenario_for(profile, overhead, b, d, 1, preprocess_workers, 1.0, seed, host)
         sc.arrivals = arrivals
         sc.queue.per_source_max_size = per_source_max_size
         sc.queue.on_full = on_full
-        args = model_args + common + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}",
+        args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}",
                                       "--per-source-max-size", str(per_source_max_size), "--on-full", on_full]
         say(f"B={b} D={d:g} ms, {streams} with a cap of {per_source_max_size} per camera ({on_full})")
         with ServerProcess(args) as srv:
-            _load(srv.url, 5.0, 1.0, seed + 99, payload, shape)
+            _warm_up(srv.url, 5.0 / 0.3, seed, payload, shape)
             res = _load(srv.url, 0.0, duration, seed, payload, shape, arrivals=arrivals)
         cpu.append(res.summary["generator_cpu_percent"])
         rows = res.rows[int(len(res.rows) * WARMUP_FRACTION):]
@@ -371,12 +423,24 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
         measured["throughput"] = len(ok) / window if window else None
         sim = simulate(sc)
         r = sim.to_dict()
+        # Throughput of an open loop is what was offered less what was dropped: over a short window
+        # the frames actually sent (bursts come and go) are the offer, the drop rate is predicted.
+        sent_rate = len(rows) / window if window else None
         predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"], "p99": r["latency_ms"]["p99"],
-                     "throughput": r["throughput_rps"], "drop_rate": r["drop_rate"],
-                     "mean_batch_size": r["mean_batch_size"], "stable": sim.stable}
+                     "throughput": sent_rate * (1.0 - r["drop_rate"]) if sent_rate and sim.stable else None,
+                     "drop_rate": r["drop_rate"],
+                     "mean_batch_size": request_batch_size(sim.batch_size_histogram), "stable": sim.stable}
+        keys = ["p50", "p95", "p99", "throughput", "mean_batch_size", "drop_rate"]
+        if burst is not None:
+            # Overload has no latency distribution: an unstable prediction compares no burst p95.
+            predicted.update(_burst_figures(sc) if sim.stable else {"burst_p95": None, "burst_drop_rate": None})
+            inside = [r for r in rows if r["in_burst"]]
+            lat_in = [r["latency_ms"] for r in inside if r["outcome"] == "ok"]
+            measured["burst_p95"] = float(np.percentile(lat_in, 95)) if lat_in else None
+            measured["burst_drop_rate"] = 1.0 - len(lat_in) / len(inside) if inside else None
+            keys += ["burst_p95", "burst_drop_rate"]
         cell = Cell(b, d, 1.0, arrivals.offered_rps(), predicted, measured)
-        cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
-                           ("p50", "p95", "p99", "throughput", "mean_batch_size", "drop_rate")}
+        cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in keys}
         bd = sim.breakdown_ms
         cell.stages = {"decode": (sc.service.preprocess.ms, _mean(ok, P.H_DECODE)),
                        "queue_wait": (bd["queue_wait"] + bd["batch_formation"], _mean(ok, P.H_QUEUE_WAIT)),
@@ -384,12 +448,17 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
         cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in cell.stages.items()}
         cells.append(cell)
     return Validation(model, profile, {**overhead, "host": host}, cells, cpu,
-                      {"duration_s": duration, "streams": streams, "per_source_max_size": per_source_max_size,
+                      {"duration_s": duration, "streams": streams, "burst": burst, "burst_s": burst_s,
+                       "calm_s": calm_s, "threads": threads, "per_source_max_size": per_source_max_size,
                        "on_full": on_full, "jitter_ms": jitter_ms, "payload": payload, "backend": backend,
                        "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
 
 
 # --------------------------------------------------------------------------- output
+
+
+def _pct(x):
+    return None if x is None else 100 * x
 
 
 def table(v: Validation) -> str:
@@ -417,6 +486,12 @@ def table(v: Validation) -> str:
         lines.append("drop rate (per-camera caps): " + "; ".join(
             f"B={c.max_batch_size} D={c.max_queue_delay_ms:g}: predicted {100 * c.predicted['drop_rate']:.1f} %, "
             f"measured {100 * c.measured['drop_rate']:.1f} %" for c in v.cells))
+    if any("burst_p95" in c.predicted for c in v.cells):
+        lines.append("inside bursts: " + "; ".join(
+            f"B={c.max_batch_size} D={c.max_queue_delay_ms:g}: p95 predicted {f(c.predicted['burst_p95'], 1)} ms, "
+            f"measured {f(c.measured['burst_p95'], 1)} ms ({f(c.errors_pct['burst_p95'], 1)} %); drops predicted "
+            f"{f(_pct(c.predicted['burst_drop_rate']), 1)} %, measured {f(_pct(c.measured['burst_drop_rate']), 1)} %"
+            for c in v.cells))
     lines.append("")
     lines.append("per-stage means (ms, predicted / measured, error %):")
     for c in v.cells:
@@ -469,6 +544,10 @@ def cmd_validate(args) -> int:
     loads = parse_loads(args.loads)
     if args.duration <= 0:
         raise CapsimError(f"--duration: must be > 0 seconds, got {args.duration:g}")
+    if args.threads is not None and args.threads < 1:
+        raise CapsimError(f"--threads: must be >= 1, got {args.threads}")
+    if args.burst is not None and not args.streams:
+        raise CapsimError("--burst: only applies with --streams; remove it or add e.g. --streams 6x25fps")
     if args.out and not args.out.lower().endswith((".html", ".htm", ".json")):
         raise CapsimError(f"--out {args.out}: write a .html or .json validation report")
     t0 = time.perf_counter()
@@ -480,11 +559,12 @@ def cmd_validate(args) -> int:
     if args.streams:
         v = validate_streams(args.model, args.backend, args.profile, configs, args.streams, args.duration,
                              args.per_source_max_size, args.on_full, args.jitter_ms, args.payload,
-                             args.preprocess_workers, args.seed, progress=say)
+                             args.preprocess_workers, args.seed, args.burst, args.burst_s, args.calm_s, args.threads,
+                             progress=say)
     else:
         v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances,
                      args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
-                     progress=say)
+                     threads=args.threads, progress=say)
     print(table(v))
     if args.out:
         write_report(v, args.out)
