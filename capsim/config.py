@@ -23,7 +23,13 @@ import yaml
 
 from capsim.errors import ScenarioError
 
-ARRIVAL_PROCESSES = ("poisson", "constant", "bursty", "streams", "trace")
+ARRIVAL_PROCESSES = ("poisson", "constant", "bursty", "streams", "trace", "closed")
+THINK_DISTRIBUTIONS = ("exponential", "constant")
+DISPATCH_POLICIES = ("lowest_index", "round_robin", "least_loaded")
+PAYLOADS = ("jpeg", "tensor", "raw_frame", "custom")
+# Default request sizes on the wire: a 640x480 JPEG at quality ~90, a 3x224x224 float32 tensor,
+# an uncompressed 640x480 RGB frame.
+PAYLOAD_KB = {"jpeg": 60.0, "tensor": 3 * 224 * 224 * 4 / 1024, "raw_frame": 640 * 480 * 3 / 1024}
 DISTRIBUTIONS = ("none", "exponential", "lognormal", "gamma", "empirical")
 BATCHING_MODES = ("triton", "timer")
 ON_FULL = ("reject", "drop_oldest")
@@ -61,6 +67,29 @@ class StreamGroup:
     count: int = spec(1, "cameras in this group", ge=1, ui_max=64)
     fps: float = spec(25.0, "frames per second of each camera", unit="fps", gt=0, ui_max=120)
     jitter_ms: float = spec(0.0, "standard deviation of each frame's arrival jitter", unit="ms", ge=0, ui_max=20)
+    priority: int = spec(0, "priority level of these cameras' frames (0 = highest; with a priority section)", ge=0)
+
+
+@dataclass
+class RateStep:
+    """From ``at_s`` on, requests arrive at ``rate_rps`` (until the next step)."""
+
+    at_s: float = spec(0.0, "start of this step, from the start of the period", unit="s", ge=0)
+    rate_rps: float = spec(1.0, "arrival rate during this step", unit="rps", gt=0)
+
+
+@dataclass
+class RateSchedule:
+    """A time-varying Poisson rate: steps over a period (a daily profile, a ramp, a burst)."""
+
+    steps: list[RateStep] = spec(help="rate steps; the first starts at 0 s", factory=list)
+    period_s: float = spec(3600.0, "length of the schedule; the last step lasts until its end", unit="s", gt=0)
+    repeat: bool = spec(True, "start over after period_s (a daily profile); false: the last rate holds")
+
+    def mean_rps(self) -> float:
+        """Time-weighted mean rate over one period."""
+        ends = [st.at_s for st in self.steps[1:]] + [self.period_s]
+        return sum(st.rate_rps * (e - st.at_s) for st, e in zip(self.steps, ends)) / self.period_s
 
 
 @dataclass
@@ -80,9 +109,18 @@ class Arrivals:
                                      gt=0)
     streams: list[StreamGroup] = spec(help="camera groups (streams)", factory=list)
     path: str | None = spec(None, "CSV of arrival times in seconds, one per line or a column arrival_s (trace)")
+    rate_schedule: RateSchedule | None = spec(None, "time-varying rate (poisson, instead of rate_rps)")
+    concurrency: int | None = spec(None, "clients that each wait for their answer, think, then send again (closed)",
+                                   ge=1, ui_max=256)
+    think_ms: float | None = spec(None, "mean pause between an answer and the client's next request (closed)",
+                                  unit="ms", ge=0, ui_max=1000)
+    think_distribution: str = spec("exponential", "distribution of the think time (closed)",
+                                   choices=THINK_DISTRIBUTIONS)
 
     def offered_rps(self) -> float | None:
         """Long-run mean arrival rate, where the process defines one."""
+        if self.process == "poisson" and self.rate_schedule is not None:
+            return self.rate_schedule.mean_rps()
         if self.process in ("poisson", "constant"):
             return self.rate_rps
         if self.process == "bursty":
@@ -173,6 +211,79 @@ class Queue:
                         choices=ON_FULL)
     per_source_max_size: int = spec(0, "cap per source (camera); 0 = unlimited", ge=0, ui_max=16)
     stride: int = spec(1, "process every k-th frame of each source; the others are dropped", ge=1, ui_max=10)
+    deadline_ms: float = spec(0.0, "a request older than this (since its arrival) when its batch is formed is "
+                              "dropped as stale instead of computed; 0 = no deadline", unit="ms", ge=0, ui_max=1000)
+    degrade: Degrade | None = spec(None, "graceful degradation: raise a camera's stride while its queue is long")
+
+
+@dataclass
+class Degrade:
+    """Adaptive stride per source: when a frame arrives and its camera already has ``threshold``
+    frames queued, that camera's stride rises by one (up to ``max_stride``); when a frame arrives
+    to an empty camera queue, it falls by one (down to ``queue.stride``)."""
+
+    threshold: int = spec(1, "queued frames of one camera that raise its stride", ge=1, ui_max=16)
+    max_stride: int = spec(2, "largest stride (process every k-th frame)", ge=2, ui_max=10)
+
+
+@dataclass
+class PriorityLevel:
+    """One priority lane: its share of the traffic and its own queue policy."""
+
+    share: float | None = spec(None, "fraction of requests at this level (not with camera streams: set "
+                               "arrivals.streams[].priority)", gt=0, le=1)
+    max_size: int = spec(0, "cap of this lane in requests; 0 = unlimited", ge=0, ui_max=1000)
+    timeout_ms: float = spec(0.0, "drop a request still queued this long after it entered; 0 = never", unit="ms",
+                             ge=0, ui_max=1000)
+    on_full: str = spec("reject", "reject the arrival, or drop_oldest of this lane", choices=ON_FULL)
+
+
+@dataclass
+class Priority:
+    """Strict-priority lanes: a batch takes requests from the highest level first (FIFO within a
+    level); the queue delay runs from the oldest request of any level."""
+
+    levels: list[PriorityLevel] = spec(help="lanes, highest priority first", factory=list)
+
+
+@dataclass
+class Devices:
+    """Several devices, each with its own instances; contention applies per device."""
+
+    count: int = spec(1, "devices (GPUs)", ge=1, ui_max=16)
+    instances_per_device: int = spec(1, "model instances on each device", ge=1, ui_max=8)
+
+
+@dataclass
+class Autoscale:
+    """Scale instances with utilization; new instances serve only after a cold start."""
+
+    min_instances: int = spec(1, "instances kept warm at all times (prewarm)", ge=1, ui_max=16)
+    max_instances: int = spec(4, "most instances", ge=1, ui_max=64)
+    scale_up_utilization: float = spec(0.8, "add an instance when the window's utilization is above this", gt=0,
+                                       le=1)
+    scale_down_utilization: float = spec(0.3, "remove an idle instance when the window's utilization is below "
+                                         "this", ge=0, lt=1)
+    window_s: float = spec(10.0, "utilization window; decisions are taken at the end of each", unit="s", gt=0)
+    warmup_s: float = spec(30.0, "cold start: model load and first-batch compile before a new instance serves",
+                           unit="s", ge=0, ui_max=600)
+
+
+@dataclass
+class Network:
+    """The client-to-server link: requests cross it one after another (a shared FIFO link)."""
+
+    bandwidth_mbps: float = spec(1000.0, "link bandwidth", unit="Mbit/s", gt=0, ui_max=100000)
+    latency_ms: float = spec(0.0, "one-way propagation delay (no queueing)", unit="ms", ge=0, ui_max=200)
+    payload: str = spec("jpeg", "what a request carries: jpeg (decoded by the preprocess stage), tensor (raw "
+                        "float32, ready: the preprocess stage is skipped), raw_frame (uncompressed RGB, resized "
+                        "and normalised by the preprocess stage) or custom", choices=PAYLOADS)
+    payload_kb: float | None = spec(None, "request size; default by payload: jpeg 60, tensor 588, raw_frame 900",
+                                    unit="KiB", gt=0)
+    response_kb: float = spec(1.0, "response size (sent back on its own link direction)", unit="KiB", ge=0)
+
+    def request_kb(self) -> float:
+        return self.payload_kb if self.payload_kb is not None else PAYLOAD_KB.get(self.payload, 0.0)
 
 
 @dataclass
@@ -204,8 +315,15 @@ class Scenario:
     arrivals: Arrivals = spec(help="arrival process", factory=Arrivals)
     service: Service = spec(help="service times", factory=Service)
     batching: Batching = spec(help="dynamic batching", factory=Batching)
-    instances: int = spec(1, "model instances sharing the queue (on one device)", ge=1, ui_max=16)
+    instances: int = spec(1, "model instances sharing the queue (on one device; with devices: in all)", ge=1,
+                          ui_max=16)
     queue: Queue = spec(help="queue policy", factory=Queue)
+    priority: Priority | None = spec(None, "priority lanes (optional)")
+    devices: Devices | None = spec(None, "several devices (optional): instances = count x instances_per_device")
+    dispatch: str = spec("lowest_index", "which idle instance gets a batch: lowest_index, round_robin, or "
+                         "least_loaded (the device with the fewest busy instances)", choices=DISPATCH_POLICIES)
+    autoscale: Autoscale | None = spec(None, "autoscaling (optional): instances is the starting count")
+    network: Network | None = spec(None, "network stage before the server (optional)")
     slo: SLO | None = spec(None, "service-level objective (optional)")
     run: Run = spec(help="run length and seeds", factory=Run)
     # Directory that relative paths (trace files) are resolved against; not a user field.
@@ -436,13 +554,15 @@ def _use_profile(sc: Scenario, base_dir: str | Path, problems: list[str]) -> Non
 def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".") -> None:
     a = sc.arrivals
     needs = {
-        "poisson": {"rate_rps"},
+        "poisson": {"rate_schedule"} if a.rate_schedule is not None else {"rate_rps"},
         "constant": {"rate_rps"},
         "bursty": {"rate_rps", "burst_rate_rps", "mean_burst_s", "mean_calm_s"},
         "streams": {"streams"} | ({"burst_factor", "mean_burst_s", "mean_calm_s"} if a.burst_factor is not None else set()),
         "trace": {"path"},
+        "closed": {"concurrency", "think_ms"},
     }[a.process]
-    for name in ("rate_rps", "burst_rate_rps", "burst_factor", "mean_burst_s", "mean_calm_s", "streams", "path"):
+    for name in ("rate_rps", "burst_rate_rps", "burst_factor", "mean_burst_s", "mean_calm_s", "streams", "path",
+                 "rate_schedule", "concurrency", "think_ms"):
         given = getattr(a, name) not in (None, [])
         if name in needs and not given:
             problems.append(f"arrivals.{name}: required for process {a.process}; set it")
@@ -451,6 +571,23 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
     for i, g in enumerate(a.streams):
         if g is None:
             problems.append(f"arrivals.streams[{i}]: must be a mapping like {{count: 6, fps: 25}}")
+    if a.think_distribution != "exponential" and a.process != "closed":
+        problems.append(f"arrivals.think_distribution: only used by process closed; remove it")
+    rs = a.rate_schedule
+    if rs is not None:
+        if not rs.steps:
+            problems.append("arrivals.rate_schedule.steps: give at least one step, e.g. [{at_s: 0, rate_rps: 50}]")
+        elif rs.steps[0].at_s != 0:
+            problems.append(f"arrivals.rate_schedule.steps[0].at_s: the first step starts at 0 s, got "
+                            f"{_num(rs.steps[0].at_s)}")
+        for i, (x, y) in enumerate(zip(rs.steps, rs.steps[1:])):
+            if not y.at_s > x.at_s:
+                problems.append(f"arrivals.rate_schedule.steps[{i + 1}].at_s: steps must start in increasing "
+                                f"order, got {_num(y.at_s)} after {_num(x.at_s)}")
+        if rs.steps and not rs.steps[-1].at_s < rs.period_s:
+            problems.append(f"arrivals.rate_schedule.period_s: must be after the last step's start "
+                            f"({_num(rs.steps[-1].at_s)} s), got {_num(rs.period_s)}")
+    _check_policies(sc, problems)
 
     s = sc.service
     if s.profile is not None:
@@ -498,9 +635,9 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
             problems.append(f"service.contention.{k}: instance counts must be >= 1")
         if not factor > 0:
             problems.append(f"service.contention.{k}: must be > 0, got {_num(factor)}")
-    if s.contention and sc.instances > max(s.contention):
-        problems.append(f"service.contention: has no factor for {sc.instances} busy instances "
-                        f"(instances: {sc.instances}); add it or lower instances")
+    if s.contention and busy_per_device(sc) > max(s.contention):
+        problems.append(f"service.contention: has no factor for {busy_per_device(sc)} busy instances on one "
+                        f"device; add it or lower instances")
     if s.contention.get(1, 1.0) != 1.0:
         problems.append("service.contention.1: one busy instance is the reference and must be 1.0")
 
@@ -517,6 +654,83 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
         problems.append(f"run.warmup_requests: must be below run.requests ({r.requests}), got {r.warmup_requests}")
     elif r.replications == 1 and r.requests - r.warmup_requests < 100:
         problems.append("run.requests: need at least 100 requests after warm-up for batch-means intervals")
+
+
+def _check_policies(sc: Scenario, problems: list[str]) -> None:
+    """Rules across the production-policy sections (priority, degrade, devices, autoscale, network)."""
+    a, q = sc.arrivals, sc.queue
+    sourced = a.process in ("streams", "trace")
+    if q.degrade is not None:
+        if not sourced:
+            problems.append("queue.degrade: needs sources (arrivals.process streams or trace); remove it")
+        elif q.degrade.max_stride <= q.stride:
+            problems.append(f"queue.degrade.max_stride: must be above queue.stride ({q.stride}), got "
+                            f"{q.degrade.max_stride}")
+    p = sc.priority
+    if p is not None:
+        if not p.levels:
+            problems.append("priority.levels: give at least one level, e.g. [{share: 0.2}, {share: 0.8}]")
+        for name in ("max_size", "timeout_ms"):
+            if getattr(q, name):
+                problems.append(f"queue.{name}: with priority lanes each level has its own; move it to "
+                                f"priority.levels[].{name}")
+        if q.on_full != "reject":
+            problems.append("queue.on_full: with priority lanes each level has its own; move it to "
+                            "priority.levels[].on_full")
+        shares = [lv.share for lv in p.levels]
+        if a.process == "streams":
+            if any(v is not None for v in shares):
+                problems.append("priority.levels[].share: camera streams take their level from "
+                                "arrivals.streams[].priority; remove share")
+            for i, g in enumerate(a.streams):
+                if g is not None and g.priority >= len(p.levels):
+                    problems.append(f"arrivals.streams[{i}].priority: must name a level 0..{len(p.levels) - 1}, "
+                                    f"got {g.priority}")
+        elif p.levels:
+            if any(v is None for v in shares):
+                problems.append("priority.levels[].share: give every level its share of the requests "
+                                "(they sum to 1)")
+            elif abs(sum(shares) - 1.0) > 1e-6:
+                problems.append(f"priority.levels[].share: the shares must sum to 1, got {sum(shares):g}")
+    elif a.process == "streams" and any(g is not None and g.priority for g in a.streams):
+        problems.append("arrivals.streams[].priority: needs a priority section with the levels; add one or "
+                        "remove priority")
+    d = sc.devices
+    if d is not None:
+        total = d.count * d.instances_per_device
+        if sc.instances not in (1, total) and sc.autoscale is None:
+            problems.append(f"instances: {sc.instances} differs from devices.count x instances_per_device = "
+                            f"{total}; remove instances or make them agree")
+        if sc.autoscale is None:
+            sc.instances = total
+    elif sc.dispatch == "least_loaded":
+        problems.append("dispatch: least_loaded balances devices; it needs a devices section (or use round_robin)")
+    s = sc.autoscale
+    if s is not None:
+        if s.min_instances > s.max_instances:
+            problems.append(f"autoscale.min_instances: must be <= max_instances ({s.max_instances}), got "
+                            f"{s.min_instances}")
+        elif not s.min_instances <= sc.instances <= s.max_instances:
+            problems.append(f"instances: the starting count must be between autoscale.min_instances "
+                            f"({s.min_instances}) and max_instances ({s.max_instances}), got {sc.instances}")
+        if s.scale_down_utilization >= s.scale_up_utilization:
+            problems.append(f"autoscale.scale_down_utilization: must be below scale_up_utilization "
+                            f"({_num(s.scale_up_utilization)}), got {_num(s.scale_down_utilization)}")
+        if d is not None and s.max_instances > d.count * d.instances_per_device:
+            problems.append(f"autoscale.max_instances: {s.max_instances} is more than the devices hold "
+                            f"({d.count} x {d.instances_per_device}); lower it or add devices")
+
+
+def busy_per_device(sc: Scenario) -> int:
+    """Most instances that can be busy on one device (what the contention table must cover)."""
+    if sc.devices is not None:
+        return sc.devices.instances_per_device
+    return sc.autoscale.max_instances if sc.autoscale is not None else sc.instances
+
+
+def max_instances(sc: Scenario) -> int:
+    """Most instances the scenario can ever run at once."""
+    return sc.autoscale.max_instances if sc.autoscale is not None else sc.instances
 
 
 # --------------------------------------------------------------------------- loading

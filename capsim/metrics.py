@@ -51,6 +51,9 @@ class SimulationResult:
     theory_mean_ms: float | None
     slo: dict | None
     traces: list[ReplicationTrace] = field(default_factory=list, repr=False)
+    # Results of the production policies the scenario uses (priority levels, camera strides,
+    # instance counts, ...), one key per policy; empty when it uses none.
+    policies: dict = field(default_factory=dict)
 
     @property
     def drop_rate(self) -> float:
@@ -88,6 +91,7 @@ class SimulationResult:
             "littles_law": self.littles_law.to_dict(),
             "theory_mean_ms": self.theory_mean_ms,
             "slo": self.slo,
+            "policies": self.policies,
         }
 
 

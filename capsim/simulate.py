@@ -30,11 +30,31 @@ def run_replication(sc: Scenario, rep: int, engine=None) -> ReplicationTrace:
 ENGINES = ("auto", "simpy", "fast")
 
 
+def not_modelled(sc: Scenario) -> list[str]:
+    """Scenario fields that no engine models yet (refused rather than silently ignored)."""
+    q = sc.queue
+    checks = [
+        ("priority", sc.priority is not None),
+        ("queue.deadline_ms", q.deadline_ms > 0),
+        ("queue.degrade", q.degrade is not None),
+        ("devices", sc.devices is not None),
+        ("dispatch", sc.dispatch != "lowest_index"),
+        ("autoscale", sc.autoscale is not None),
+        ("network", sc.network is not None),
+        ("arrivals.rate_schedule", sc.arrivals.rate_schedule is not None),
+        ("arrivals.process closed", sc.arrivals.process == "closed"),
+    ]
+    return [name for name, used in checks if used]
+
+
 def make_engine(sc: Scenario, engine: str = "auto"):
     """The engine to run ``sc`` on: ``simpy`` (the reference), ``fast`` (compiled, identical results
     for the topologies it supports) or ``auto`` (fast when it supports the scenario, else simpy)."""
     if engine not in ENGINES:
         raise CapsimError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    missing = not_modelled(sc)
+    if missing:
+        raise CapsimError(f"{missing[0]}: not modelled yet by capsim's engines; remove it")
     if engine == "simpy":
         return SimPyEngine(sc)
     from capsim.sim.fast import FastEngine, unsupported_features

@@ -9,7 +9,7 @@ request.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -52,6 +52,9 @@ class ReplicationTrace:
     batch_instance: np.ndarray
     instances: int
     overhead_ms: float
+    # Per-policy data of this replication (e.g. each request's priority level, instance counts
+    # over time), keyed by policy; empty when the scenario uses none.
+    extras: dict = field(default_factory=dict)
 
     @property
     def completed(self) -> np.ndarray:
