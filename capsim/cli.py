@@ -130,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scenarios", help="list the built-in scenarios, show one, or list every scenario field")
     sc.add_argument("action", nargs="?", choices=("list", "show", "fields"), default="list")
     sc.add_argument("name", nargs="?", help="scenario to show")
+
+    one = sub.add_parser("scenario", help="create a scenario from another tool's config (from-triton)")
+    imp = one.add_subparsers(dest="scenario_command", metavar="ACTION", parser_class=_Parser, required=True)
+    tr = imp.add_parser("from-triton", help="import a Triton model config (config.pbtxt) as a scenario")
+    tr.add_argument("config", help="Triton config.pbtxt, or the model folder holding it")
+    tr.add_argument("--profile", metavar="X.json", help="calibration profile for the service times "
+                    "(without it the scenario needs service times added before capsim simulate)")
+    tr.add_argument("--rate", type=float, default=100.0, metavar="RPS",
+                    help="Poisson arrival rate to start from; a Triton config holds no traffic (default 100)")
+    tr.add_argument("--out", metavar="scenario.yaml", help="file to write (default: standard output)")
     return p
 
 
@@ -144,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_simulate(args)
         if args.command == "scenarios":
             return cmd_scenarios(args)
+        if args.command == "scenario":
+            return cmd_scenario(args)
         if args.command == "plan":
             return cmd_plan(args)
         if args.command == "sweep":
@@ -200,6 +212,30 @@ def cmd_scenarios(args) -> int:
     for name in scenarios.names():
         desc = " ".join(str(scenarios.data(name).get("description", "")).split())
         print(f"{name:30s} {desc[:100]}{'...' if len(desc) > 100 else ''}")
+    return 0
+
+
+def cmd_scenario(args) -> int:
+    """capsim scenario from-triton: warnings on stderr, the YAML to --out or stdout."""
+    from capsim.triton import from_triton
+
+    imp = from_triton(args.config, profile=args.profile, rate_rps=args.rate, out=args.out)
+    for line in imp.notes:
+        print(f"capsim: note: {line}", file=sys.stderr)
+    for line in imp.warnings:
+        print(f"capsim: warning: {line}", file=sys.stderr)
+    text = imp.to_yaml()
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise CapsimError(f"--out: cannot write {args.out}: {exc.strerror}") from None
+    then = f"capsim simulate {args.out}" if imp.has_service else "add service times, then capsim simulate"
+    print(f"capsim: wrote {args.out} ({then})", file=sys.stderr)
     return 0
 
 
