@@ -132,7 +132,7 @@ def predicted_mean_latency_ms(sc: Scenario) -> float | None:
     s, b, q = sc.service, sc.batching, sc.queue
     if (b.max_batch_size != 1 or sc.arrivals.process != "poisson" or q.max_size or q.timeout_ms
             or q.per_source_max_size or q.stride != 1 or s.preprocess.ms or s.postprocess.ms or s.contention
-            or s.variability.distribution == "empirical"):
+            or s.variability.distribution == "empirical" or q.deadline_ms or sc.priority is not None):
         return None
     lam, mean = sc.arrivals.rate_rps, s.curve_ms()[1] / 1000.0
     cv = 1.0 if s.variability.distribution == "exponential" else s.variability.cv

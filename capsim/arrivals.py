@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from capsim.config import Arrivals
+from capsim.config import Arrivals, Priority
 from capsim.errors import ScenarioError
 
 
 @dataclass
 class ArrivalStream:
-    """Arrival times (seconds, sorted) with the source (camera) and per-source frame index of each."""
+    """Arrival times (seconds, sorted) with the source (camera), per-source frame index and priority
+    level (0 = highest) of each."""
 
     times: np.ndarray
     source: np.ndarray
     frame: np.ndarray
     n_sources: int
     bursts: np.ndarray | None = None  # (k, 2) [start, end) seconds of each burst, where the process has them
+    priority: np.ndarray | None = field(default=None)  # int8 level per arrival; None -> all level 0
+
+    def __post_init__(self):
+        if self.priority is None:
+            self.priority = np.zeros(len(self.times), np.int8)
 
     def in_burst(self, t: np.ndarray) -> np.ndarray:
         """Whether each time in ``t`` falls inside a burst (all False when there are none)."""
@@ -34,8 +40,35 @@ class ArrivalStream:
         return len(self.times)
 
 
-def generate(cfg: Arrivals, n: int, rng: np.random.Generator, base_dir: str | Path = ".") -> ArrivalStream:
-    """``n`` arrivals of the process ``cfg`` drawn from ``rng`` (a trace gives at most its length)."""
+def generate(cfg: Arrivals, n: int, rng: np.random.Generator, base_dir: str | Path = ".",
+             priority: Priority | None = None) -> ArrivalStream:
+    """``n`` arrivals of the process ``cfg`` drawn from ``rng`` (a trace gives at most its length),
+    each with its priority level when ``priority`` has lanes (see :func:`assign_priority`)."""
+    s = _generate(cfg, n, rng, base_dir)
+    if priority is not None:
+        assign_priority(s, cfg, priority, rng)
+    return s
+
+
+def assign_priority(s: ArrivalStream, cfg: Arrivals, priority: Priority, rng: np.random.Generator) -> None:
+    """Set each arrival's level: a camera's from ``arrivals.streams[].priority``; a trace's from its
+    ``priority`` column when it has one; otherwise drawn at random by the levels' shares (after the
+    arrival times, from the same generator, so the times do not change)."""
+    levels = len(priority.levels)
+    if cfg.process == "streams":
+        cam = np.concatenate([np.full(g.count, g.priority, np.int8) for g in cfg.streams])
+        s.priority = cam[s.source]
+    elif cfg.process == "trace" and s.priority.any():
+        if int(s.priority.max()) >= levels:
+            raise ScenarioError([f"arrivals.path: the trace's priority column names level {int(s.priority.max())}; "
+                                 f"priority.levels has levels 0..{levels - 1}"])
+    elif levels > 1:
+        shares = np.array([lv.share for lv in priority.levels], np.float64)
+        edges = np.cumsum(shares / shares.sum())[:-1]
+        s.priority = np.searchsorted(edges, rng.random(len(s)), side="right").astype(np.int8)
+
+
+def _generate(cfg: Arrivals, n: int, rng: np.random.Generator, base_dir: str | Path) -> ArrivalStream:
     if cfg.process == "poisson":
         return _single(np.cumsum(rng.exponential(1.0 / cfg.rate_rps, n)))
     if cfg.process == "constant":
@@ -134,7 +167,8 @@ def _streams(cfg: Arrivals, n: int, rng: np.random.Generator) -> ArrivalStream:
 
 
 def read_trace(path: Path, n: int | None = None) -> ArrivalStream:
-    """Arrival times from a CSV: one time in seconds per line, or columns ``arrival_s`` [, ``source``]."""
+    """Arrival times from a CSV: one time in seconds per line, or columns ``arrival_s`` [, ``source``]
+    [, ``priority``] (a level, 0 = highest)."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             # Keep each row's line number (blank lines are skipped, not renumbered).
@@ -146,12 +180,13 @@ def read_trace(path: Path, n: int | None = None) -> ArrivalStream:
     if not rows:
         raise ScenarioError([f"arrivals.path: {path} holds no arrival times"])
     header = [c.strip().lower() for c in rows[0][1]]
-    col, src_col = 0, None
+    col, src_col, pri_col = 0, None, None
     if "arrival_s" in header:
         col = header.index("arrival_s")
         src_col = header.index("source") if "source" in header else None
+        pri_col = header.index("priority") if "priority" in header else None
         rows = rows[1:]
-    times, sources = [], []
+    times, sources, levels = [], [], []
     for line, r in rows:
         try:
             times.append(float(r[col]))
@@ -166,6 +201,12 @@ def read_trace(path: Path, n: int | None = None) -> ArrivalStream:
                                      f"number: {','.join(r)!r}"]) from None
         else:
             sources.append(0)
+        if pri_col is not None:
+            try:
+                levels.append(int(r[pri_col]))
+            except (ValueError, IndexError):
+                raise ScenarioError([f"arrivals.path: line {line} of {path} has a priority that is not a whole "
+                                     f"number: {','.join(r)!r}"]) from None
     t = np.asarray(times, dtype=np.float64)
     if len(t) < 2:
         raise ScenarioError([f"arrivals.path: {path} needs at least 2 arrival times, got {len(t)}"])
@@ -175,14 +216,18 @@ def read_trace(path: Path, n: int | None = None) -> ArrivalStream:
     src = np.asarray(sources, dtype=np.int32)[order]
     if np.any(src < 0):
         raise ScenarioError([f"arrivals.path: {path} has negative source ids"])
+    pri = np.asarray(levels, dtype=np.int64)[order] if pri_col is not None else np.zeros(len(t), np.int64)
+    if np.any(pri < 0) or np.any(pri > 127):
+        raise ScenarioError([f"arrivals.path: {path} has priority levels outside 0..127; 0 is the highest level"])
+    pri = pri.astype(np.int8)
     t = t[order]
     if t[-1] <= t[0]:
         raise ScenarioError([f"arrivals.path: every arrival time in {path} is {t[0]:g} s; a trace must span time"])
     if n is not None:
-        t, src = t[:n], src[:n]
+        t, src, pri = t[:n], src[:n], pri[:n]
     n_src = int(src.max()) + 1
     frame = np.zeros(len(t), np.int64)
     for s in np.unique(src):
         m = src == s
         frame[m] = np.arange(m.sum())
-    return ArrivalStream(t, src, frame, n_src)
+    return ArrivalStream(t, src, frame, n_src, priority=pri)

@@ -771,9 +771,15 @@ def format_table(res) -> str:
         extra.append(f"timeout {q.timeout_ms:g} ms")
     if q.stride > 1:
         extra.append(f"stride {q.stride}")
+    if q.deadline_ms:
+        extra.append(f"deadline {q.deadline_ms:g} ms")
+    if sc.priority is not None:
+        extra.append(f"{len(sc.priority.levels)} priority levels (caps per level below)")
     out.append(f"config: {b.mode} batching, max batch {b.max_batch_size}, max queue delay {b.max_queue_delay_ms:g} ms, "
                f"{sc.instances} instance{'s' if sc.instances > 1 else ''}, queue {cap}"
                + ("".join(f", {e}" for e in extra)))
+    from capsim.queue_policies import format_text
+    out += format_text(res.policies)
     return "\n".join(out)
 
 

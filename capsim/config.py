@@ -670,6 +670,8 @@ def _check_policies(sc: Scenario, problems: list[str]) -> None:
     if p is not None:
         if not p.levels:
             problems.append("priority.levels: give at least one level, e.g. [{share: 0.2}, {share: 0.8}]")
+        if sc.batching.mode != "triton":
+            problems.append("priority: lanes are modelled with batching.mode triton only; set mode: triton")
         for name in ("max_size", "timeout_ms"):
             if getattr(q, name):
                 problems.append(f"queue.{name}: with priority lanes each level has its own; move it to "

@@ -213,6 +213,8 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
     )
     if sc.slo:
         res.slo = _judge(sc, res, groups)
+    from capsim.queue_policies import summarize_policies  # imports this module's helpers
+    res.policies.update(summarize_policies(sc, traces))
     return res
 
 

@@ -23,7 +23,7 @@ def run_replication(sc: Scenario, rep: int, engine=None) -> ReplicationTrace:
     """One replication of ``sc`` (0-based ``rep``), reproducible from the scenario's seed alone."""
     engine = engine or SimPyEngine(sc)
     arr_ss, svc_ss = replication_seeds(sc.run.seed, rep + 1)[rep]
-    arrivals = generate(sc.arrivals, sc.run.requests, np.random.default_rng(arr_ss), sc.base_dir)
+    arrivals = generate(sc.arrivals, sc.run.requests, np.random.default_rng(arr_ss), sc.base_dir, sc.priority)
     return engine.run(arrivals, np.random.default_rng(svc_ss))
 
 
@@ -34,9 +34,6 @@ def not_modelled(sc: Scenario) -> list[str]:
     """Scenario fields that no engine models yet (refused rather than silently ignored)."""
     q = sc.queue
     checks = [
-        ("priority", sc.priority is not None),
-        ("queue.deadline_ms", q.deadline_ms > 0),
-        ("queue.degrade", q.degrade is not None),
         ("devices", sc.devices is not None),
         ("dispatch", sc.dispatch != "lowest_index"),
         ("autoscale", sc.autoscale is not None),

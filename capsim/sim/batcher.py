@@ -50,19 +50,24 @@ class TritonBatcher:
         """Bring the queue up to ``now``: arrivals and drops."""
         intake.until(now)
 
-    def ready(self, q: RequestQueue, now: int) -> np.ndarray | int | None:
-        """Take and return the next batch (request indices, or its size from a contiguous queue) if one is due now."""
+    def due(self, q: RequestQueue, now: int) -> int | None:
+        """Size of the batch due now (None when none is)."""
         n = q.qlen
         if n == 0:
             return None
         if n >= self.B:
-            return q.take(self.B)
+            return self.B
         if now >= q.oldest_entry() + self.D:
-            return q.take(n)
+            return n
         for p in self.preferred:  # largest first: dispatch early, before the delay runs out
             if p <= n:
-                return q.take(p)
+                return p
         return None
+
+    def ready(self, q: RequestQueue, now: int) -> np.ndarray | int | None:
+        """Take and return the next batch (request indices, or its size from a contiguous queue) if one is due now."""
+        k = self.due(q, now)
+        return None if k is None else q.take(k)
 
     def next_look(self, q: RequestQueue, now: int) -> float:
         """The earliest future instant at which a batch could become due (idle instance assumed)."""

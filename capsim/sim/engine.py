@@ -17,6 +17,7 @@ import simpy
 from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
+from capsim.sim import lanes
 from capsim.sim.batcher import TimerBatcher, TritonBatcher
 from capsim.sim.queue import (
     DROPPED, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
@@ -122,22 +123,27 @@ class _Run:
         entry[order] = fifo_pool(arrival_ns[order].astype(np.float64), pre_ns, pre.workers).astype(np.int64)
         self.entry = entry
 
-        qc = sc.queue
-        per_source = qc.per_source_max_size > 0
-        admission = Admission(qc.max_size, qc.per_source_max_size, qc.on_full) if (qc.max_size or per_source) \
-            else None
-        timeout = QueueTimeout(int(round(qc.timeout_ms * 1e6))) if qc.timeout_ms > 0 else None
-        queue_cls = ContiguousQueue if admission is None and timeout is None else RequestQueue
-        self.q = queue_cls(order, entry, arr.source, arr.n_sources, self.status, self.drop_reason,
-                           self.drop_t, track_sources=per_source)
-        self.intake = Intake(self.q, admission, timeout)
-
-        b = sc.batching
-        delay_ns = int(round(b.max_queue_delay_ms * 1e6))
-        if b.mode == "triton":
-            self.batcher = TritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes)
+        self.extras = {}
+        if lanes.uses_queue_policies(sc):  # priority lanes, deadlines, adaptive stride
+            self.q, self.intake, self.batcher, self.extras = lanes.build(
+                sc, arr, order, entry, arrival_ns, self.status, self.drop_reason, self.drop_t)
         else:
-            self.batcher = TimerBatcher(b.max_batch_size, delay_ns, self.intake.simple)
+            qc = sc.queue
+            per_source = qc.per_source_max_size > 0
+            admission = Admission(qc.max_size, qc.per_source_max_size, qc.on_full) \
+                if (qc.max_size or per_source) else None
+            timeout = QueueTimeout(int(round(qc.timeout_ms * 1e6))) if qc.timeout_ms > 0 else None
+            queue_cls = ContiguousQueue if admission is None and timeout is None else RequestQueue
+            self.q = queue_cls(order, entry, arr.source, arr.n_sources, self.status, self.drop_reason,
+                               self.drop_t, track_sources=per_source)
+            self.intake = Intake(self.q, admission, timeout)
+
+            b = sc.batching
+            delay_ns = int(round(b.max_queue_delay_ms * 1e6))
+            if b.mode == "triton":
+                self.batcher = TritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes)
+            else:
+                self.batcher = TimerBatcher(b.max_batch_size, delay_ns, self.intake.simple)
 
         N = sc.instances
         self.idle = list(range(N))  # heap: lowest index first
@@ -285,5 +291,11 @@ class _Run:
             latency_ms=latency, formation_ms=formation_ms, batch_size=batch_size, instance=instance,
             drop_reason=self.drop_reason.copy(), drop_t=drop_t, warmup=warm,
             batch_start=b_dispatch * s, batch_end=b_end * s, batch_size_by_batch=b_size, batch_instance=b_inst,
-            instances=sc.instances, overhead_ms=sc.service.overhead_ms,
+            instances=sc.instances, overhead_ms=sc.service.overhead_ms, extras=self._extras(),
         )
+
+    def _extras(self) -> dict:
+        out = dict(self.extras)
+        if "degrade" in out:
+            out["degrade"] = lanes.stride_extras(out["degrade"], self.arr.n_sources)
+        return out

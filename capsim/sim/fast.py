@@ -36,7 +36,13 @@ _REJECTED, _DROPPED_OLDEST, _TIMEOUT, _STRIDE = 1, 2, 3, 4
 def unsupported_features(sc: Scenario) -> list[str]:
     """What in ``sc`` the fast engine cannot run (empty when it can: today it runs every feature
     of the scenario model; new features start on the SimPy engine and are listed here)."""
-    return []
+    q = sc.queue
+    checks = [
+        ("priority", sc.priority is not None),
+        ("queue.deadline_ms", q.deadline_ms > 0),
+        ("queue.degrade", q.degrade is not None),
+    ]
+    return [name for name, used in checks if used]
 
 
 # --------------------------------------------------------------------------- the compiled loop

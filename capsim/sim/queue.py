@@ -15,8 +15,9 @@ import numpy as np
 PENDING, QUEUED, DISPATCHED, DROPPED = 0, 1, 2, 3
 
 # Drop reasons, as stored per request (index into this tuple; 0 = not dropped).
-DROP_REASONS = ("", "rejected", "dropped_oldest", "timeout", "stride")
-REJECTED, DROPPED_OLDEST, TIMEOUT, STRIDE = 1, 2, 3, 4
+# New reasons go at the end so that stored indices keep their meaning.
+DROP_REASONS = ("", "rejected", "dropped_oldest", "timeout", "stride", "stale")
+REJECTED, DROPPED_OLDEST, TIMEOUT, STRIDE, STALE = 1, 2, 3, 4, 5
 
 
 class RequestQueue:
@@ -228,11 +229,14 @@ class Intake:
     ``until(t)`` therefore drops only requests whose deadline is strictly before t.
     """
 
-    def __init__(self, q: RequestQueue, admission: Admission | None, timeout: QueueTimeout | None):
+    def __init__(self, q: RequestQueue, admission: Admission | None, timeout: QueueTimeout | None,
+                 simple: bool | None = None):
         self.q = q
         self.admission = admission
         self.timeout = timeout
-        self.simple = admission is None and timeout is None
+        # Simple: nothing but a dispatch removes a request (a contiguous queue); a policy that drops
+        # at a batch decision (deadlines) needs the general path even without caps or timeouts.
+        self.simple = admission is None and timeout is None if simple is None else simple
 
     def one(self) -> None:
         """Admit the next arrival, at its entry time."""
