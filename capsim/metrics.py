@@ -213,6 +213,10 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
     )
     if sc.slo:
         res.slo = _judge(sc, res, groups)
+    if sc.arrivals.rate_schedule is not None:
+        from capsim.rate_schedule import step_summary
+
+        res.policies["rate_schedule"] = step_summary(sc, traces)
     return res
 
 

@@ -36,7 +36,10 @@ _REJECTED, _DROPPED_OLDEST, _TIMEOUT, _STRIDE = 1, 2, 3, 4
 def unsupported_features(sc: Scenario) -> list[str]:
     """What in ``sc`` the fast engine cannot run (empty when it can: today it runs every feature
     of the scenario model; new features start on the SimPy engine and are listed here)."""
-    return []
+    missing = []
+    if sc.arrivals.process == "closed":
+        missing.append("closed-loop clients (arrivals.process closed)")
+    return missing
 
 
 # --------------------------------------------------------------------------- the compiled loop
