@@ -130,7 +130,8 @@ def predicted_mean_latency_ms(sc: Scenario) -> float | None:
     with any service distribution (M/G/1), or several with exponential service (M/M/c).
     """
     s, b, q = sc.service, sc.batching, sc.queue
-    if (b.max_batch_size != 1 or sc.arrivals.process != "poisson" or q.max_size or q.timeout_ms
+    if (b.max_batch_size != 1 or sc.arrivals.process != "poisson" or sc.arrivals.rate_schedule is not None
+            or q.max_size or q.timeout_ms
             or q.per_source_max_size or q.stride != 1 or s.preprocess.ms or s.postprocess.ms or s.contention
             or s.variability.distribution == "empirical" or q.deadline_ms or sc.priority is not None):
         return None

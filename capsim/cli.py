@@ -759,6 +759,10 @@ def format_table(res) -> str:
         err = (res.latency_ms["mean"] - res.theory_mean_ms) / res.theory_mean_ms
         out.append(f"queueing theory: mean {res.theory_mean_ms:.1f} ms vs simulated {res.latency_ms['mean']:.1f} ms "
                    f"({err:+.1%})")
+    if "rate_schedule" in res.policies:
+        from capsim.rate_schedule import format_steps
+
+        out.extend(format_steps(res.policies["rate_schedule"]))
     ll = res.littles_law
     out.append(f"Little's law: L {ll.L:.2f} in system vs lambda x W {ll.lam_rps * ll.W_ms / 1000:.2f} "
                f"({ll.rel_error:.2%} apart)")

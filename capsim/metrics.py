@@ -215,6 +215,10 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
         res.slo = _judge(sc, res, groups)
     from capsim.queue_policies import summarize_policies  # imports this module's helpers
     res.policies.update(summarize_policies(sc, traces))
+    if sc.arrivals.rate_schedule is not None:
+        from capsim.rate_schedule import step_summary
+
+        res.policies["rate_schedule"] = step_summary(sc, traces)
     return res
 
 

@@ -68,8 +68,15 @@ class Evaluation:
                 "stable": r.stable}
 
 
+def _refuse_closed(sc: Scenario) -> None:
+    if sc.arrivals.process == "closed":
+        raise CapsimError("arrivals.process: closed-loop clients have no offered rate to scale; "
+                          "vary arrivals.concurrency instead")
+
+
 def with_rate(sc: Scenario, rps: float) -> Scenario:
     """A copy of ``sc`` whose arrival process offers ``rps`` on average (shape kept)."""
+    _refuse_closed(sc)
     out = copy.deepcopy(sc)
     a = out.arrivals
     current = a.offered_rps()
@@ -77,7 +84,10 @@ def with_rate(sc: Scenario, rps: float) -> Scenario:
         raise CapsimError("arrivals.process: plan needs a rate it can scale (poisson, constant, bursty, streams); "
                           "a trace has a fixed rate")
     k = rps / current
-    if a.process in ("poisson", "constant"):
+    if a.rate_schedule is not None:  # every step scaled: the profile keeps its shape
+        for st in a.rate_schedule.steps:
+            st.rate_rps *= k
+    elif a.process in ("poisson", "constant"):
         a.rate_rps = rps
     elif a.process == "bursty":
         a.rate_rps *= k
@@ -154,6 +164,7 @@ def plan(sc: Scenario, rps: float | None = None, slo: SLO | None = None, max_ins
     slo = slo or sc.slo
     if slo is None:
         raise CapsimError("slo: the scenario has no SLO; add slo: {percentile: 95, latency_ms: ...} or pass --slo")
+    _refuse_closed(sc)
     rps = rps or sc.arrivals.offered_rps()
     if rps is None or not rps > 0:
         raise CapsimError("--rps: give the target rate (> 0); the scenario's arrivals do not define one")

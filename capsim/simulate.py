@@ -21,8 +21,14 @@ def replication_seeds(seed: int, replications: int) -> list[tuple[np.random.Seed
 
 def run_replication(sc: Scenario, rep: int, engine=None) -> ReplicationTrace:
     """One replication of ``sc`` (0-based ``rep``), reproducible from the scenario's seed alone."""
+    if engine is None and sc.arrivals.process == "closed":
+        from capsim.sim.closed import ClosedLoopEngine
+
+        engine = ClosedLoopEngine(sc)
     engine = engine or SimPyEngine(sc)
     arr_ss, svc_ss = replication_seeds(sc.run.seed, rep + 1)[rep]
+    if getattr(engine, "closed_loop", False):  # think times take the place of the arrival stream
+        return engine.run(np.random.default_rng(arr_ss), np.random.default_rng(svc_ss))
     arrivals = generate(sc.arrivals, sc.run.requests, np.random.default_rng(arr_ss), sc.base_dir, sc.priority)
     return engine.run(arrivals, np.random.default_rng(svc_ss))
 
@@ -38,8 +44,6 @@ def not_modelled(sc: Scenario) -> list[str]:
         ("dispatch", sc.dispatch != "lowest_index"),
         ("autoscale", sc.autoscale is not None),
         ("network", sc.network is not None),
-        ("arrivals.rate_schedule", sc.arrivals.rate_schedule is not None),
-        ("arrivals.process closed", sc.arrivals.process == "closed"),
     ]
     return [name for name, used in checks if used]
 
@@ -52,6 +56,10 @@ def make_engine(sc: Scenario, engine: str = "auto"):
     missing = not_modelled(sc)
     if missing:
         raise CapsimError(f"{missing[0]}: not modelled yet by capsim's engines; remove it")
+    if sc.arrivals.process == "closed" and engine != "fast":
+        from capsim.sim.closed import ClosedLoopEngine
+
+        return ClosedLoopEngine(sc)
     if engine == "simpy":
         return SimPyEngine(sc)
     from capsim.sim.fast import FastEngine, unsupported_features

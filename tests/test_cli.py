@@ -32,6 +32,7 @@ from capsim.config import load_scenario, parse_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = {
+    "daily-traffic",  # a compressed daily rate profile (arrivals.rate_schedule)
     "example-1-single-image-gpu",
     "example-2-multi-camera",
     "example-3-edge-cpu",

@@ -41,6 +41,7 @@ def unsupported_features(sc: Scenario) -> list[str]:
         ("priority", sc.priority is not None),
         ("queue.deadline_ms", q.deadline_ms > 0),
         ("queue.degrade", q.degrade is not None),
+        ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed"),
     ]
     return [name for name, used in checks if used]
 
