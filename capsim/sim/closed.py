@@ -121,6 +121,7 @@ class _ClosedRun(_Run):
     def __init__(self, eng: ClosedLoopEngine, think_rng: np.random.Generator, rng: np.random.Generator):
         sc = eng.sc
         self.eng, self.rng, self.think_rng = eng, rng, think_rng
+        self.extras = {}  # the queue-side policies are refused with closed loops: none to report
         a = sc.arrivals
         self.clients = a.concurrency
         self.total = n = sc.run.requests
