@@ -37,10 +37,6 @@ def not_modelled(sc: Scenario) -> list[str]:
         ("priority", sc.priority is not None),
         ("queue.deadline_ms", q.deadline_ms > 0),
         ("queue.degrade", q.degrade is not None),
-        ("devices", sc.devices is not None),
-        ("dispatch", sc.dispatch != "lowest_index"),
-        ("autoscale", sc.autoscale is not None),
-        ("network", sc.network is not None),
         ("arrivals.rate_schedule", sc.arrivals.rate_schedule is not None),
         ("arrivals.process closed", sc.arrivals.process == "closed"),
     ]
