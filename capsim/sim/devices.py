@@ -21,7 +21,7 @@ from bisect import bisect_right, insort
 
 import numpy as np
 
-from capsim.config import Scenario
+from capsim.config import Scenario, busy_per_device
 
 
 class LowestIndex:
@@ -89,8 +89,7 @@ class InstancePool:
     """
 
     def __init__(self, sc: Scenario, instances: int):
-        self.per_device = sc.devices.instances_per_device if sc.devices is not None else max(
-            sc.instances, sc.autoscale.max_instances if sc.autoscale is not None else 0)
+        self.per_device = busy_per_device(sc)  # K; without devices every instance is on device 0
         devices = sc.devices.count if sc.devices is not None else 1
         self.busy_on = [0] * devices
         self.chooser = POLICIES[sc.dispatch]()

@@ -14,15 +14,15 @@ import numpy as np
 import simpy
 
 from capsim.arrivals import ArrivalStream
-from capsim.config import Scenario, busy_per_device
+from capsim.config import Scenario, busy_per_device, max_instances
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
+from capsim.sim.autoscale import Autoscaler
 from capsim.sim.batcher import TimerBatcher, TritonBatcher
+from capsim.sim.devices import InstancePool
+from capsim.sim.network import queue_entry, respond
 from capsim.sim.queue import (
     DROPPED, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
-from capsim.sim.autoscale import Autoscaler
-from capsim.sim.devices import InstancePool
-from capsim.sim.network import queue_entry, respond
 from capsim.sim.stages import fifo_pool
 
 NS = 1_000_000_000
@@ -146,7 +146,7 @@ class _Run:
 
         N = sc.instances
         self.pool = InstancePool(sc, N)  # idle instances, the dispatch policy, busy per device
-        self.idle_since = [0] * max(N, sc.autoscale.max_instances if sc.autoscale is not None else 0)
+        self.idle_since = [0] * max_instances(sc)
         self.scaler = Autoscaler(sc.autoscale, self, N) if sc.autoscale is not None else None
         self.busy = 0
         self.wake_pending = INF
