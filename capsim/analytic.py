@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.config import Scenario
+from capsim.config import Scenario, busy_per_device, max_instances
 from capsim.service import ServiceCurve, contention_table
 
 
@@ -56,10 +56,16 @@ def mmc_sojourn(lam: float, mu: float, c: int) -> float:
 
 
 def capacity_rps(sc: Scenario) -> float:
-    """Throughput bound: every instance always busy on full batches, at full contention."""
+    """Throughput bound: every instance (the most autoscaling allows) always busy on full batches,
+    at full contention on each device; with a network stage, at most what the link carries."""
     curve = ServiceCurve(sc.service.curve_ms(), sc.batching.max_batch_size)
-    factor = contention_table(sc.service, sc.instances)[sc.instances]
-    return curve.capacity_rps(sc.instances, contention=float(factor))
+    n, k = max_instances(sc), busy_per_device(sc)
+    factor = contention_table(sc.service, k)[k]
+    cap = curve.capacity_rps(n, contention=float(factor))
+    net = sc.network
+    if net is not None:
+        cap = min(cap, net.bandwidth_mbps * 1e6 / (net.request_kb() * 1024 * 8))
+    return cap
 
 
 @dataclass
@@ -133,7 +139,8 @@ def predicted_mean_latency_ms(sc: Scenario) -> float | None:
     if (b.max_batch_size != 1 or sc.arrivals.process != "poisson" or sc.arrivals.rate_schedule is not None
             or q.max_size or q.timeout_ms
             or q.per_source_max_size or q.stride != 1 or s.preprocess.ms or s.postprocess.ms or s.contention
-            or s.variability.distribution == "empirical" or q.deadline_ms or sc.priority is not None):
+            or s.variability.distribution == "empirical" or q.deadline_ms or sc.priority is not None
+            or sc.network is not None or sc.autoscale is not None):
         return None
     lam, mean = sc.arrivals.rate_rps, s.curve_ms()[1] / 1000.0
     cv = 1.0 if s.variability.distribution == "exponential" else s.variability.cv

@@ -782,9 +782,33 @@ def format_table(res) -> str:
     out.append(f"config: {b.mode} batching, max batch {b.max_batch_size}, max queue delay {b.max_queue_delay_ms:g} ms, "
                f"{sc.instances} instance{'s' if sc.instances > 1 else ''}, queue {cap}"
                + ("".join(f", {e}" for e in extra)))
+    out.extend(instance_policy_lines(res))
     from capsim.queue_policies import format_text
     out += format_text(res.policies)
     return "\n".join(out)
+
+
+def instance_policy_lines(res) -> list[str]:
+    """Devices, autoscaling and network lines of the simulate text output (empty when unused)."""
+    sc, pol, out = res.scenario, res.policies, []
+    if "devices" in pol:
+        d = pol["devices"]
+        per = ", ".join(f"{u:.0%} ({b:.0f} batches)" for u, b in zip(d["utilization"], d["batches"]))
+        out.append(f"devices: {d['count']} x {d['instances_per_device']} instances, {sc.dispatch} dispatch; "
+                   f"utilization by device {per}")
+    if "autoscale" in pol:
+        a, c = pol["autoscale"], pol["autoscale"]["cold_start"]
+        cold = "n/a" if c["p95_ms_while_provisioning"] is None else f"{c['p95_ms_while_provisioning']:.1f} ms"
+        rest = "n/a" if c["p95_ms_otherwise"] is None else f"{c['p95_ms_otherwise']:.1f} ms"
+        out.append(f"autoscale: {a['scale_ups']} scale-ups, {a['scale_downs']} scale-downs, serving "
+                   f"{min(a['serving']['count'])}..{max(a['serving']['count'])} instances; p95 of requests arriving "
+                   f"during a cold start {cold} vs {rest} otherwise")
+    if sc.network is not None:
+        n = sc.network
+        out.append(f"network: {n.bandwidth_mbps:g} Mbit/s, {n.latency_ms:g} ms one way, {n.payload} "
+                   f"{n.request_kb():.0f} KiB up / {n.response_kb:g} KiB down; mean {res.breakdown_ms['network']:.1f} ms "
+                   "of each request's latency")
+    return out
 
 
 def napkin_note(res) -> str:

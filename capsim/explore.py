@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from capsim.config import SLO, Scenario
+from capsim.config import SLO, Scenario, max_instances
 from capsim.metrics import SimulationResult, _pname
 from capsim.plan import Evaluation, judge, max_sustainable_rate, throughput_bound, with_rate
 from capsim.simulate import simulate
@@ -189,7 +189,7 @@ def timeline(res: SimulationResult, bins: int = 200) -> Timeline:
 
 def instance_utilization(res: SimulationResult) -> list[float]:
     """Busy fraction of each instance over the measured window, averaged over replications."""
-    out = np.zeros(res.scenario.instances)
+    out = np.zeros(max_instances(res.scenario))
     for tr in res.traces:
         measured = tr.arrival[~tr.warmup]
         if len(measured) < 2:

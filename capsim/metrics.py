@@ -14,6 +14,7 @@ import numpy as np
 
 from capsim import analytic
 from capsim.config import Scenario
+from capsim.sim import autoscale, devices, network
 from capsim.sim.engine import ReplicationTrace
 from capsim.sim.queue import DROP_REASONS
 from capsim.tdist import t_cdf, t_ppf
@@ -151,7 +152,7 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
         # server spends the window clearing what the warm-up left, at full capacity.
         thru.append(np.count_nonzero((tr.done >= t0) & (tr.done <= t1)) / span)
         busy = np.clip(np.minimum(tr.batch_end, t1) - np.maximum(tr.batch_start, t0), 0.0, None).sum()
-        util.append(busy / (tr.instances * span))
+        util.append(busy / max(autoscale.serving_seconds(tr, t0, t1), 1e-12))  # busy / serving capacity
 
     lat, ci = {}, {}
     groups = _groups(traces)
@@ -186,6 +187,8 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
         "postprocess": mean_of(lambda tr: (tr.done - tr.end) * 1000.0),
         "overhead": sc.service.overhead_ms,
     }
+    if sc.network is not None:
+        network.adjust_breakdown(breakdown, traces, done)
 
     growth = [_backlog_growth(tr) for tr in traces]
     slope = float(np.mean([g[0] for g in growth]))
@@ -219,6 +222,10 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
         from capsim.rate_schedule import step_summary
 
         res.policies["rate_schedule"] = step_summary(sc, traces)
+    if sc.devices is not None:
+        res.policies["devices"] = devices.device_summary(sc, traces)
+    if sc.autoscale is not None:
+        res.policies["autoscale"] = autoscale.autoscale_summary(sc, traces)
     return res
 
 

@@ -37,6 +37,7 @@ BUILTINS = {
     "example-2-multi-camera",
     "example-3-edge-cpu",
     "example-4-littles-law",
+    "traffic-ramp-autoscale",
     "gpu-resnet50-fp16",  # driven by a measured GPU profile in calibration/
     "mini-challenge",
     "retail-edge-resnet18-int8",  # driven by a measured profile in calibration/

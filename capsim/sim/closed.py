@@ -33,6 +33,7 @@ from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario
 from capsim.errors import CapsimError
 from capsim.sim.batcher import TimerBatcher, TritonBatcher
+from capsim.sim.devices import InstancePool
 from capsim.sim.engine import NS, INF, ReplicationTrace, SimPyEngine, _Run
 from capsim.sim.queue import ContiguousQueue, Intake
 
@@ -51,6 +52,8 @@ def closed_loop_refusals(sc: Scenario) -> list[str]:
         ("queue.deadline_ms", q.deadline_ms > 0),
         ("queue.degrade", q.degrade is not None),
         ("priority", sc.priority is not None),
+        ("autoscale", sc.autoscale is not None),
+        ("network", sc.network is not None),
     ]
     return [f"{name}: not supported with arrivals.process closed; {fix}" for name, used in checks if used]
 
@@ -153,8 +156,10 @@ class _ClosedRun(_Run):
         else:
             self.batcher = TimerBatcher(b.max_batch_size, delay_ns, True)
         N = sc.instances
-        self.idle = list(range(N))
+        self.pool = InstancePool(sc, N)  # devices and the dispatch policy as in the reference engine
         self.idle_since = [0] * N
+        self.scaler = None
+        self.server_ns = None
         self.busy = 0
         self.wake_pending = INF
         self.b_dispatch: list[int] = []
@@ -195,8 +200,8 @@ class _ClosedRun(_Run):
         self._wake_at(e)
 
     # -- instances
-    def _dispatch(self, batch, inst: int, now: int) -> None:
-        super()._dispatch(batch, inst, now)
+    def _dispatch(self, batch, inst: int, on_device: int, now: int) -> None:
+        super()._dispatch(batch, inst, on_device, now)
         self.running[inst] = (self.taken, batch)
         self.taken += batch
 

@@ -8,17 +8,19 @@ request.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
 
 from capsim.arrivals import ArrivalStream
-from capsim.config import Scenario
+from capsim.config import Scenario, busy_per_device, max_instances
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim import lanes
+from capsim.sim.autoscale import Autoscaler
 from capsim.sim.batcher import TimerBatcher, TritonBatcher
+from capsim.sim.devices import InstancePool
+from capsim.sim.network import queue_entry, respond
 from capsim.sim.queue import (
     DROPPED, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
@@ -84,7 +86,8 @@ class SimPyEngine:
         self.curve = ServiceCurve(scenario.service.curve_ms(), scenario.batching.max_batch_size)
         # Python lists: read once per batch on the hot path, where numpy scalars are slow.
         self.mean_ns = (self.curve.seconds * NS).tolist()
-        self.contention = contention_table(scenario.service, scenario.instances).tolist()
+        # Indexed by the busy instances on the batch's device (the most there can be: busy_per_device).
+        self.contention = contention_table(scenario.service, busy_per_device(scenario)).tolist()
         self.sampler = variability_sampler(scenario.service.variability)
         self.empirical = None
         if scenario.service.variability.distribution == "empirical":
@@ -117,11 +120,13 @@ class _Run:
         self.drop_t[skipped] = arrival_ns[skipped]
         order = np.flatnonzero(kept)
 
-        pre = sc.service.preprocess
         entry = np.full(n, -1, np.int64)
-        pre_ns = int(round(pre.ms * 1e6))
-        entry[order] = fifo_pool(arrival_ns[order].astype(np.float64), pre_ns, pre.workers).astype(np.int64)
+        entry[order], server = queue_entry(sc, arrival_ns[order])  # network and preprocess stages
         self.entry = entry
+        self.server_ns = None
+        if server is not None:
+            self.server_ns = np.full(n, -1, np.int64)
+            self.server_ns[order] = server
 
         self.extras = {}
         if lanes.uses_queue_policies(sc):  # priority lanes, deadlines, adaptive stride
@@ -146,8 +151,9 @@ class _Run:
                 self.batcher = TimerBatcher(b.max_batch_size, delay_ns, self.intake.simple)
 
         N = sc.instances
-        self.idle = list(range(N))  # heap: lowest index first
-        self.idle_since = [0] * N
+        self.pool = InstancePool(sc, N)  # idle instances, the dispatch policy, busy per device
+        self.idle_since = [0] * max_instances(sc)
+        self.scaler = Autoscaler(sc.autoscale, self, N) if sc.autoscale is not None else None
         self.busy = 0
         self.wake_pending = INF
         # Per-batch records, appended as batches start.
@@ -174,8 +180,10 @@ class _Run:
     def _on_done(self, ev) -> None:
         inst = ev.value
         self.busy -= 1
-        heapq.heappush(self.idle, inst)
-        self.idle_since[inst] = self.env.now
+        if self.pool.release(inst):
+            self.idle_since[inst] = self.env.now
+        else:
+            self.scaler.gone(inst, self.env.now)
         # When another event falls on this very instant (a second instance finishing, or a wake),
         # decide in a NORMAL wake, which runs after every (URGENT) completion of this instant.
         if self.env.peek() == self.env.now:
@@ -188,12 +196,13 @@ class _Run:
         now = self.env.now
         batcher, q = self.batcher, self.q
         batcher.advance(self.intake, now)
-        while self.idle:
+        pool = self.pool
+        while pool.idle:
             idx = batcher.ready(q, now)
             if idx is None:
                 break
-            self._dispatch(idx, heapq.heappop(self.idle), now)
-        if self.idle and (q.qlen or q.nxt < q.n):
+            self._dispatch(idx, *pool.take(), now)
+        if pool.idle and (q.qlen or q.nxt < q.n):
             self._wake_at(batcher.next_look(q, now))
 
     def _multiplier(self) -> float:
@@ -206,8 +215,14 @@ class _Run:
         self.draw_pos += 1
         return float(m)
 
-    def _dispatch(self, batch: np.ndarray | int, inst: int, now: int) -> None:
-        """Start a batch (request indices, or just its size when the queue is contiguous) on ``inst``."""
+    def drained(self) -> bool:
+        """Every request has been admitted and served or dropped: nothing is left to do."""
+        q = self.q
+        return q.nxt >= q.n and not q.qlen and not self.busy
+
+    def _dispatch(self, batch: np.ndarray | int, inst: int, on_device: int, now: int) -> None:
+        """Start a batch (request indices, or just its size when the queue is contiguous) on ``inst``,
+        whose device now has ``on_device`` busy instances (this one included)."""
         if type(batch) is int:
             b = batch
         else:
@@ -216,13 +231,13 @@ class _Run:
         self.busy += 1
         eng = self.eng
         if eng.sampler is None:
-            dt = round(eng.mean_ns[b] * eng.contention[self.busy])
+            dt = round(eng.mean_ns[b] * eng.contention[on_device])
         else:
             m = self._multiplier()
             if eng.empirical is not None:  # m is a uniform draw: pick a measured sample of this size
                 ratios = eng.empirical[b]
                 m = ratios[int(m * len(ratios))]
-            dt = round(eng.mean_ns[b] * m * eng.contention[self.busy])
+            dt = round(eng.mean_ns[b] * m * eng.contention[on_device])
         self.b_dispatch.append(now)
         self.b_end.append(now + dt)
         self.b_size.append(b)
@@ -231,12 +246,16 @@ class _Run:
             self.b_mark.append(self.batcher.close_times[-1])
         else:
             self.b_mark.append(self.idle_since[inst])
+        if self.scaler is not None:
+            self.scaler.batch(inst, now, now + dt)
         _Completion(self.env, dt, inst).callbacks.append(self._on_done)
 
     # -- run and collect
     def result(self) -> ReplicationTrace:
         if self.q.n:
             self._wake_at(self.q.next_entry(1))
+        if self.scaler is not None:
+            self.scaler.start()
         self.env.run()
         return self._collect()
 
@@ -276,6 +295,11 @@ class _Run:
             fifo = served_idx[np.lexsort((served_idx, end[served_idx]))]
             done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
         arrival = self.arrival_ns * s  # the engine's own (nanosecond) clock
+        extras = {}
+        if self.server_ns is not None:
+            extras["network"] = respond(sc, done, self.server_ns, arrival)
+        if self.scaler is not None:
+            extras["autoscale"] = self.scaler.extras()
         latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
 
         batch_size = np.zeros(n, np.int64)
@@ -291,7 +315,7 @@ class _Run:
             latency_ms=latency, formation_ms=formation_ms, batch_size=batch_size, instance=instance,
             drop_reason=self.drop_reason.copy(), drop_t=drop_t, warmup=warm,
             batch_start=b_dispatch * s, batch_end=b_end * s, batch_size_by_batch=b_size, batch_instance=b_inst,
-            instances=sc.instances, overhead_ms=sc.service.overhead_ms, extras=self._extras(),
+            instances=sc.instances, overhead_ms=sc.service.overhead_ms, extras={**self._extras(), **extras},
         )
 
     def _extras(self) -> dict:

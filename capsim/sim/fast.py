@@ -25,6 +25,7 @@ from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim.engine import _DRAW_CHUNK, NS, ReplicationTrace, SimPyEngine
+from capsim.sim.network import queue_entry, respond
 from capsim.sim.stages import fifo_pool
 
 # Request status, as in capsim.sim.queue.
@@ -42,6 +43,9 @@ def unsupported_features(sc: Scenario) -> list[str]:
         ("queue.deadline_ms", q.deadline_ms > 0),
         ("queue.degrade", q.degrade is not None),
         ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed"),
+        ("devices", sc.devices is not None),
+        ("dispatch", sc.dispatch != "lowest_index"),
+        ("autoscale", sc.autoscale is not None),
     ]
     return [name for name, used in checks if used]
 
@@ -639,15 +643,20 @@ class FastEngine:
         n = len(arrivals)
         pre = sc.service.preprocess
         pre_ns = int(round(pre.ms * 1e6))
-        pool = pre.workers > 0 and pre_ns > 0  # a FIFO pool of workers, not a pure delay
+        # A FIFO pool of workers (not a pure delay), or the network stage: entry times from queue_entry.
+        pool = (pre.workers > 0 and pre_ns > 0) or sc.network is not None
         arrival_ns, entry = _to_ns(np.ascontiguousarray(arrivals.times, dtype=np.float64), float(NS),
                                    0 if pool else pre_ns)
         # Stride: frames not kept never reach the queue; the engine runs on the kept ones only.
         order = np.flatnonzero(arrivals.frame % qc.stride == 0) if qc.stride > 1 else None
         entry_q = entry if order is None else entry[order]
+        server_ns = None
         if pool:
             arr_q = arrival_ns if order is None else arrival_ns[order]
-            entry_q = fifo_pool(arr_q.astype(np.float64), pre_ns, pre.workers).astype(np.int64)
+            entry_q, server_q = queue_entry(sc, arr_q)
+            if server_q is not None:
+                server_ns = np.full(n, -1, np.int64)
+                server_ns[slice(None) if order is None else order] = server_q
         nq = len(entry_q)
 
         if self.sampler is not None and nq:
@@ -701,10 +710,10 @@ class FastEngine:
 
         b_dispatch, b_end, b_size, b_inst, b_mark = (x[:nb] for x in (b_dispatch, b_end, b_size, b_inst, b_mark))
         return self._collect(arrivals, arrival_ns, entry, batch_of, drop_reason, drop_t,
-                             b_dispatch, b_end, b_size, b_inst, b_mark)
+                             b_dispatch, b_end, b_size, b_inst, b_mark, server_ns)
 
     def _collect(self, arr, arrival_ns, entry, batch_of, drop_reason, drop_t, b_dispatch, b_end, b_size, b_inst,
-                 b_mark) -> ReplicationTrace:
+                 b_mark, server_ns=None) -> ReplicationTrace:
         """The trace, computed as :meth:`capsim.sim.engine._Run._collect` does (same float operations)."""
         sc = self.sc
         n = len(arr)
@@ -720,6 +729,10 @@ class FastEngine:
             fifo = served_idx[np.argsort(end[served_idx], kind="stable")]
             done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
             latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
+        extras = {}
+        if server_ns is not None:  # the response crosses the link back: as the SimPy engine does
+            extras["network"] = respond(sc, done, server_ns, arrival)
+            latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
         warm = np.zeros(n, bool)
         warm[: min(sc.run.warmup_requests, n)] = True
         return ReplicationTrace(
@@ -727,5 +740,5 @@ class FastEngine:
             latency_ms=latency, formation_ms=formation_ms, batch_size=batch_size, instance=instance,
             drop_reason=drop_reason, drop_t=drop_t_s, warmup=warm,
             batch_start=b_dispatch * s, batch_end=b_end * s, batch_size_by_batch=b_size, batch_instance=b_inst,
-            instances=sc.instances, overhead_ms=sc.service.overhead_ms,
+            instances=sc.instances, overhead_ms=sc.service.overhead_ms, extras=extras,
         )
