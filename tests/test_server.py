@@ -160,19 +160,31 @@ def test_graceful_shutdown_finishes_what_it_accepted(jpegs):
 # --------------------------------------------------------------------------- production policies
 
 
+@pytest.fixture(scope="module")
+def resnet18_onnx(tmp_path_factory):
+    """resnet18 exported once: the servers below open the file (about a second) instead of building
+    and exporting the model each time."""
+    from capsim.calibrate import zoo
+    from capsim.calibrate.export import export_onnx
+
+    path = tmp_path_factory.mktemp("model") / "resnet18.onnx"
+    export_onnx(zoo.build("resnet18", seed=0), path, (3, 224, 224))
+    return ["--model-file", str(path), "--input-shape", "3x224x224"]
+
+
 def _accounted(m: dict[str, float]) -> float:
     """Sum of every outcome counter: must equal the requests received."""
     return sum(v for k, v in m.items() if k.startswith("capsim_requests_total{"))
 
 
-def test_priority_lanes_protect_the_high_level_under_overload():
+def test_priority_lanes_protect_the_high_level_under_overload(resnet18_onnx):
     # A 0.2 s burst of ~40 tensors (~12 at level 0) at resnet18 one at a time (B=1): level 0 is
     # uncapped, level 1 holds at most 2. Level 0 always goes first, so it completes everything and
     # finishes before the level-1 requests that were queued; level 1 loses most of its requests.
     from capsim.config import Arrivals
     from capsim.validate.load import LoadSpec, format_summary, run_load
 
-    srv = Server("--model", "resnet18", "--max-batch-size", "1", "--max-queue-delay-ms", "0",
+    srv = Server(*resnet18_onnx, "--max-batch-size", "1", "--max-queue-delay-ms", "0",
                  "--priority-levels", "2", "--level-max-size", "0,2", "--level-on-full", "reject")
     try:
         spec = LoadSpec(url=srv.url, duration_s=0.2, arrivals=Arrivals(process="constant", rate_rps=200),
@@ -194,13 +206,14 @@ def test_priority_lanes_protect_the_high_level_under_overload():
         assert m[f'capsim_requests_by_level_total{{level="{lv}",outcome="rejected"}}'] == b["sent"] - b["completed"]
     assert _accounted(m) == m["capsim_requests_received_total"] == n
     text = format_summary(res)
+    print(text)
     assert "priority 0" in text and "priority 1" in text
 
 
-def test_deadline_drops_stale_requests_and_accounts_for_all():
+def test_deadline_drops_stale_requests_and_accounts_for_all(resnet18_onnx):
     # 10 requests with the server's 100 ms deadline and 10 with X-Deadline-Ms: 0 (none), one at a time
     # on resnet18: whatever waited past 100 ms when its batch came up is dropped as stale.
-    srv = Server("--model", "resnet18", "--max-batch-size", "1", "--max-queue-delay-ms", "0", "--deadline-ms", "100",
+    srv = Server(*resnet18_onnx, "--max-batch-size", "1", "--max-queue-delay-ms", "0", "--deadline-ms", "100",
                  "--preprocess-workers", "2")
 
     async def go():
@@ -214,6 +227,7 @@ def test_deadline_drops_stale_requests_and_accounts_for_all():
         srv.stop()
     assert [st for st, _, _ in without] == [200] * 10  # no deadline: never stale
     stale = [h for st, h, _ in with_deadline if st == 503]
+    print(f"deadline: {len(stale)} of 10 stale")
     assert stale and all(h[P.H_DROP] == "stale" for h in stale)
     assert b"deadline" in [b for st, _, b in with_deadline if st == 503][0]
     assert m['capsim_requests_total{outcome="stale"}'] == len(stale)
@@ -221,15 +235,17 @@ def test_deadline_drops_stale_requests_and_accounts_for_all():
     assert _accounted(m) == m["capsim_requests_received_total"] == 20
 
 
-def test_degrade_raises_a_cameras_stride_in_a_burst_and_lowers_it_after():
-    srv = Server("--model", "resnet18", "--max-batch-size", "1", "--max-queue-delay-ms", "0",
+def test_degrade_raises_a_cameras_stride_in_a_burst_and_lowers_it_after(resnet18_onnx):
+    srv = Server(*resnet18_onnx, "--max-batch-size", "1", "--max-queue-delay-ms", "0",
                  "--degrade-threshold", "2", "--degrade-max-stride", "4", "--preprocess-workers", "2")
     try:
         burst = asyncio.run(_burst(srv.url, [TENSOR] * 16, **BURST, **{P.H_SOURCE: "3"}))
         m = _metrics(srv.url)
         dropped = [h[P.H_DROP] for st, h, _ in burst if st == 503]
         assert dropped and set(dropped) == {"stride"}  # frames off the raised stride were skipped
-        assert m['capsim_source_stride{source="3"}'] >= 2
+        stride = m['capsim_source_stride{source="3"}']
+        print(f"degrade: stride after the burst {stride:g}, {len(dropped)} of 16 frames skipped")
+        assert stride >= 2
         after = []
         for _ in range(5):  # one at a time: each frame enters with the camera's queue empty
             after += asyncio.run(_burst(srv.url, [TENSOR], **BURST, **{P.H_SOURCE: "3"}))
