@@ -44,6 +44,7 @@ class ToyServer:
         self.in_flight = 0
         self.sources: Counter[int] = Counter()
         self.shapes: Counter[str] = Counter()
+        self.seen: dict[int, tuple] = {}  # request id -> (X-Priority, X-Deadline-Ms) as sent
         self.loop = asyncio.new_event_loop()
         self.lock: asyncio.Lock | None = None
         self.url = ""
@@ -53,6 +54,8 @@ class ToyServer:
         await request.read()
         self.sources[int(request.headers.get(P.H_SOURCE, "-1"))] += 1
         self.shapes[request.headers.get(P.H_SHAPE, request.content_type)] += 1
+        self.seen[int(request.headers.get(P.H_REQUEST_ID, "-1"))] = (request.headers.get(P.H_PRIORITY),
+                                                                     request.headers.get(P.H_DEADLINE))
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
             return web.json_response({"error": "rejected", "detail": "queue full"}, status=503,
                                      headers={P.H_DROP: "rejected"})
@@ -141,6 +144,33 @@ def test_open_loop_sends_on_schedule(constant_run):
     text = format_summary(res)
     for part in ("sent 99, completed 99", "p99", "server (mean)", "queue wait", "client - server", "send lateness"):
         assert part in text
+
+
+def test_no_policy_headers_without_the_options(constant_run):
+    res, srv = constant_run
+    assert set(srv.seen.values()) == {(None, None)} and "by_priority" not in res.summary
+    assert "priority" not in res.rows[0]
+
+
+def test_priority_shares_and_deadline_headers(tmp_path):
+    from capsim.validate.load import draw_priorities
+
+    with ToyServer() as srv:
+        res = load(srv.url, 1.0, arrivals=constant(100), priority_shares=[0.25, 0.75], deadline_ms=40, seed=7)
+    assert len(res.rows) == 99
+    sent = [r["priority"] for r in res.rows]
+    assert sent == draw_priorities([0.25, 0.75], 99, 7)  # drawn from the seed: the same every run
+    assert {i: (str(p), "40") for i, p in enumerate(sent)} == srv.seen
+    by = res.summary["by_priority"]
+    assert sorted(by) == [0, 1] and by[0]["sent"] + by[1]["sent"] == 99 and by[0]["sent"] == sent.count(0)
+    assert by[0]["completed"] == by[0]["sent"] and by[0]["latency_ms"]["p95"] > 0
+    assert "priority 0      sent" in format_summary(res) and "priority 1      sent" in format_summary(res)
+    many = draw_priorities([0.25, 0.75], 20000, 7)
+    assert many.count(0) / 20000 == pytest.approx(0.25, abs=0.015)
+    write_csv(res, tmp_path / "rows.csv")
+    with open(tmp_path / "rows.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == (*COLUMNS, "priority") and [int(r["priority"]) for r in rows] == sent
 
 
 def test_csv_has_the_columns_and_one_row_per_request(constant_run, tmp_path):

@@ -22,8 +22,21 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--instances", type=int, default=1)
     s.add_argument("--queue-max-size", type=int, default=0, help="0: unbounded")
     s.add_argument("--per-source-max-size", type=int, default=0, help="cap per X-Source (camera); 0: none")
-    s.add_argument("--on-full", choices=("reject", "drop_oldest"), default="reject")
-    s.add_argument("--queue-timeout-ms", type=float, default=0.0, help="0: none")
+    s.add_argument("--on-full", choices=("reject", "drop_oldest"), help="when a cap is reached (default reject)")
+    s.add_argument("--queue-timeout-ms", type=float, help="0: none (default)")
+    s.add_argument("--priority-levels", type=int, default=1, metavar="N",
+                   help="priority lanes (X-Priority 0 = highest); each has its own --level-* queue policy")
+    s.add_argument("--level-max-size", metavar="LIST", help="cap per level, e.g. 0,64 (one value: every level; 0: none)")
+    s.add_argument("--level-timeout-ms", metavar="LIST", help="queue timeout per level, e.g. 0,200 (0: none)")
+    s.add_argument("--level-on-full", metavar="LIST", help="reject or drop_oldest per level, e.g. reject,drop_oldest")
+    s.add_argument("--default-priority", type=int, metavar="L", help="level of a request without X-Priority "
+                   "(default: the lowest, N-1)")
+    s.add_argument("--deadline-ms", type=float, default=0.0, help="drop a request as stale when its batch is formed "
+                   "more than this after it arrived (X-Deadline-Ms overrides); 0: none")
+    s.add_argument("--stride", type=int, default=1, help="process every k-th frame of each X-Source (default 1)")
+    s.add_argument("--degrade-threshold", type=int, default=0, metavar="T", help="raise a camera's stride when a "
+                   "frame arrives with T of its frames queued; lower it when its queue is empty (0: off)")
+    s.add_argument("--degrade-max-stride", type=int, default=0, metavar="M", help="largest stride with --degrade-threshold")
     s.add_argument("--preprocess-workers", type=int, default=1, help="threads decoding JPEGs (default 1)")
     s.add_argument("--threads", type=int, help="runtime threads per instance (default: cores / instances)")
     s.add_argument("--input-shape", help="CxHxW for --model-file or noop (default 3x224x224)")
@@ -42,14 +55,16 @@ def cmd_serve(args) -> int:
     for name in ("max_batch_size", "instances"):
         if getattr(args, name) < 1:
             raise CapsimError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-    for name in ("max_queue_delay_ms", "queue_timeout_ms"):
-        if getattr(args, name) < 0:
+    for name in ("max_queue_delay_ms", "queue_timeout_ms", "deadline_ms"):
+        if (getattr(args, name) or 0) < 0:
             raise CapsimError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(args, name):g}")
     for name in ("queue_max_size", "per_source_max_size"):
         if getattr(args, name) < 0:
             raise CapsimError(f"--{name.replace('_', '-')}: must be >= 0 (0: no cap), got {getattr(args, name)}")
     if args.preprocess_workers < 1:
         raise CapsimError(f"--preprocess-workers: must be >= 1, got {args.preprocess_workers}")
+    levels, default_priority = serve_levels(args)
+    serve_stride(args)
     if not 0 <= args.port < 65536:
         raise CapsimError(f"--port: must be 0..65535, got {args.port}")
     try:
@@ -70,8 +85,9 @@ def cmd_serve(args) -> int:
 
     async def main() -> None:
         server = InferenceServer(host, args.max_batch_size, args.max_queue_delay_ms, args.instances, preferred,
-                                 args.queue_max_size, args.per_source_max_size, args.on_full, args.queue_timeout_ms,
-                                 args.preprocess_workers)
+                                 args.queue_max_size, args.per_source_max_size, args.on_full or "reject",
+                                 args.queue_timeout_ms or 0.0, args.preprocess_workers, levels, default_priority,
+                                 args.deadline_ms, args.stride, args.degrade_threshold, args.degrade_max_stride)
         await serve(server, args.host, args.port,
                     ready=lambda url: print(f"capsim serve: listening on {url} (max batch {args.max_batch_size}, "
                                             f"delay {args.max_queue_delay_ms:g} ms, {args.instances} instance(s))",
@@ -82,6 +98,81 @@ def cmd_serve(args) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _per_level(option: str, text: str | None, n: int, parse, default):
+    """``--level-X`` as one value per level (a single value applies to every level)."""
+    if text is None:
+        return [default] * n
+    items = [v.strip() for v in text.split(",")]
+    if len(items) not in (1, n):
+        raise CapsimError(f"{option}: give one value per level ({n}) or one for all, got {len(items)} in {text!r}")
+    try:
+        vals = [parse(v) for v in items]
+    except ValueError as exc:
+        raise CapsimError(f"{option}: {exc} in {text!r}") from None
+    return vals * n if len(vals) == 1 else vals
+
+
+def serve_levels(args):
+    """The priority lanes the serve options describe: (None or [(max_size, on_full, timeout_ms)], default level)."""
+    n = args.priority_levels
+    if n < 1:
+        raise CapsimError(f"--priority-levels: must be >= 1, got {n}")
+    lane_opts = {"--level-max-size": args.level_max_size, "--level-timeout-ms": args.level_timeout_ms,
+                 "--level-on-full": args.level_on_full}
+    if n == 1 and all(v is None for v in lane_opts.values()):
+        if args.default_priority not in (None, 0):
+            raise CapsimError(f"--default-priority: must be 0 with one priority level, got {args.default_priority}")
+        return None, None
+    for opt, value, use in (("--queue-max-size", args.queue_max_size or None, "--level-max-size"),
+                            ("--queue-timeout-ms", args.queue_timeout_ms or None, "--level-timeout-ms"),
+                            ("--on-full", args.on_full, "--level-on-full")):
+        if value is not None:
+            raise CapsimError(f"{opt}: with priority levels each level has its own; use {use} instead")
+
+    def size(v):
+        if not v.isdigit():
+            raise ValueError(f"sizes must be integers >= 0 (0: no cap), got {v!r}")
+        return int(v)
+
+    def ms(v):
+        try:
+            x = float(v)
+        except ValueError:
+            x = -1.0
+        if not 0 <= x < float("inf"):
+            raise ValueError(f"timeouts must be ms >= 0 (0: none), got {v!r}")
+        return x
+
+    def on_full(v):
+        if v not in ("reject", "drop_oldest"):
+            raise ValueError(f"each value must be reject or drop_oldest, got {v!r}")
+        return v
+
+    sizes = _per_level("--level-max-size", args.level_max_size, n, size, 0)
+    timeouts = _per_level("--level-timeout-ms", args.level_timeout_ms, n, ms, 0.0)
+    fulls = _per_level("--level-on-full", args.level_on_full, n, on_full, "reject")
+    default = n - 1 if args.default_priority is None else args.default_priority
+    if not 0 <= default < n:
+        raise CapsimError(f"--default-priority: must be a level 0..{n - 1}, got {default}")
+    return list(zip(sizes, fulls, timeouts)), default
+
+
+def serve_stride(args) -> None:
+    """Check --stride and the degradation options."""
+    if args.stride < 1:
+        raise CapsimError(f"--stride: must be >= 1 (1: every frame), got {args.stride}")
+    t, m = args.degrade_threshold, args.degrade_max_stride
+    if t < 0:
+        raise CapsimError(f"--degrade-threshold: must be >= 0 (0: off), got {t}")
+    if m < 0:
+        raise CapsimError(f"--degrade-max-stride: must be >= 0, got {m}")
+    if t and m <= args.stride:
+        raise CapsimError(f"--degrade-max-stride: must be above --stride ({args.stride}) with --degrade-threshold, "
+                          f"got {m}")
+    if m and not t:
+        raise CapsimError("--degrade-max-stride: only applies with --degrade-threshold T; add it or remove this")
 
 
 def add_validate_parser(sub) -> None:
@@ -149,6 +240,10 @@ def add_load_parser(subparsers):
     p.add_argument("--shape", default="3x224x224", help="tensor payload shape CxHxW (default 3x224x224)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default 30)")
     p.add_argument("--seed", type=int, default=1, help="seed of the arrival times and the payload (default 1)")
+    p.add_argument("--priority-shares", metavar="LIST", help="open loop: send X-Priority level i with probability "
+                   "LIST[i], e.g. 0.2,0.8 (level 0 = highest; drawn with --seed); the summary splits by level")
+    p.add_argument("--deadline-ms", type=float, metavar="MS", help="send X-Deadline-Ms: the server drops a request "
+                   "still waiting this long after it arrived when its batch is formed (503 stale)")
     p.add_argument("--out", metavar="FILE.csv", help="write one row per request")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p

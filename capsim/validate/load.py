@@ -100,6 +100,8 @@ class LoadSpec:
     timeout_s: float = 30.0                 # per request; a request past it counts as an error
     seed: int = 1
     base_dir: str = "."                     # folder a relative trace path is read from
+    priority_shares: list[float] | None = None  # open loop: X-Priority level i sent with probability shares[i]
+    deadline_ms: float | None = None        # sent as X-Deadline-Ms on every request
     progress: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def check(self) -> None:
@@ -125,6 +127,16 @@ class LoadSpec:
             raise CapsimError(f"--seed: must be >= 0, got {self.seed}")
         if self.arrivals is not None:
             _check_arrivals(self.arrivals, Path(self.base_dir))
+        if self.priority_shares is not None:
+            sh = self.priority_shares
+            if self.arrivals is None:
+                raise CapsimError("--priority-shares: only applies to an open loop (--rate, --streams, --trace); remove it")
+            if not sh or not all(v > 0 and math.isfinite(v) for v in sh):
+                raise CapsimError(f"--priority-shares: each level's share must be > 0, got {sh}; e.g. 0.2,0.8")
+            if abs(sum(sh) - 1.0) > 1e-6:
+                raise CapsimError(f"--priority-shares: the shares must sum to 1, got {sum(sh):g}; e.g. 0.2,0.8")
+        if self.deadline_ms is not None and not (self.deadline_ms >= 0 and math.isfinite(self.deadline_ms)):
+            raise CapsimError(f"--deadline-ms: must be >= 0 ms (0: none), got {self.deadline_ms:g}")
 
     def describe(self) -> str:
         """One line: the load's shape, e.g. ``open loop, constant 50 rps``."""
@@ -260,9 +272,12 @@ class _Client:
         self.loop = asyncio.get_running_loop()
         self.rows: list[dict[str, Any]] = []
 
-    async def send(self, index: int, source: int, scheduled: float | None = None) -> None:
-        """Send request ``index`` (scheduled at loop time ``scheduled``; None: now) and record its row."""
+    async def send(self, index: int, source: int, scheduled: float | None = None, priority: int | None = None) -> None:
+        """Send request ``index`` (scheduled at loop time ``scheduled``; None: now; at X-Priority
+        ``priority`` when given) and record its row."""
         headers = {**self.headers, P.H_SOURCE: str(source), P.H_REQUEST_ID: str(index)}
+        if priority is not None:
+            headers[P.H_PRIORITY] = str(priority)
         sent = self.loop.time()
         if scheduled is None:
             scheduled = sent
@@ -308,6 +323,8 @@ class _Client:
         for h in P.TIMING_HEADERS:
             row[h] = resp_headers.get(h) if h == P.H_INSTANCE else _number(resp_headers.get(h))
         row[P.H_DROP] = drop
+        if priority is not None:
+            row["priority"] = priority
         self.rows.append(row)
 
 
@@ -349,7 +366,15 @@ async def _preflight(session: aiohttp.ClientSession, url: str, timeout_s: float)
                           "or fix the address") from None
 
 
-async def _open_loop(client: _Client, sched: ArrivalStream) -> None:
+def draw_priorities(shares: list[float], n: int, seed: int) -> list[int]:
+    """The X-Priority level of each of ``n`` scheduled requests, drawn by ``shares`` from the run's
+    seed (a stream of its own: the arrival times do not change)."""
+    rng = np.random.default_rng([seed, 0x5052494F])
+    p = np.asarray(shares, dtype=np.float64)
+    return rng.choice(len(p), size=n, p=p / p.sum()).tolist()
+
+
+async def _open_loop(client: _Client, sched: ArrivalStream, levels: list[int] | None = None) -> None:
     """Send each request at its scheduled time, never waiting for an answer before the next."""
     loop, t0 = client.loop, client.t0
     tasks = set()
@@ -358,7 +383,7 @@ async def _open_loop(client: _Client, sched: ArrivalStream) -> None:
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(client.send(i, src, due))
+        task = asyncio.create_task(client.send(i, src, due, None if levels is None else levels[i]))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
@@ -398,6 +423,11 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     if spec.arrivals is not None:
         sched = schedule(spec.arrivals, spec.duration_s, spec.seed, spec.base_dir)
     body, headers = make_payload(spec.payload, spec.shape, spec.seed)
+    if spec.deadline_ms is not None:
+        headers[P.H_DEADLINE] = f"{spec.deadline_ms:g}"
+    levels = None
+    if sched is not None and spec.priority_shares is not None:
+        levels = draw_priorities(spec.priority_shares, len(sched), spec.seed)
     url = P.infer_url(spec.url)
     # No per-host connection limit: an open-loop send must never wait for a free connection.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
@@ -412,7 +442,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         progress = asyncio.create_task(_report_progress(spec, tally, t0)) if spec.progress else None
         try:
             if sched is not None:
-                await _open_loop(client, sched)
+                await _open_loop(client, sched, levels)
             else:
                 await _closed_loop(client, spec.concurrency, spec.think_ms / 1e3, t0 + spec.duration_s)
         finally:
@@ -430,6 +460,8 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     summary["start_unix_s"] = wall0
     summary["elapsed_s"] = elapsed
     summary["generator_cpu_percent"] = 100.0 * cpu_s / max(elapsed, 1e-9)
+    if levels is not None:
+        summary["by_priority"] = _priority_summary(rows)
     return LoadResult(spec, url, rows, summary)
 
 
@@ -501,6 +533,18 @@ def _burst_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+def _priority_summary(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per X-Priority level sent: requests, completions, drops by reason and latency of the completed."""
+    out = {}
+    for lv in sorted({r["priority"] for r in rows}):
+        part = [r for r in rows if r["priority"] == lv]
+        ok = [r["latency_ms"] for r in part if r["outcome"] == "ok"]
+        out[lv] = {"sent": len(part), "completed": len(ok), "drop_rate": 1.0 - len(ok) / len(part),
+                   "rejected": dict(Counter(r["reason"] for r in part if r["outcome"] == "rejected")),
+                   "latency_ms": _pcts(ok)}
+    return out
+
+
 def format_summary(result: LoadResult) -> str:
     """A perf_analyzer-style text summary of a run."""
     s = result.summary
@@ -536,6 +580,11 @@ def format_summary(result: LoadResult) -> str:
             lat = b["latency_ms"]
             figures = "  ".join(f"{k} {lat[k]:.1f}" for k in ("p50", "p95", "p99")) if lat else "none completed"
             lines.append(f"{label:<15} sent {b['sent']}, dropped {100 * b['drop_rate']:.1f} %, latency (ms) {figures}")
+    for lv, b in (s.get("by_priority") or {}).items():
+        lat = b["latency_ms"]
+        figures = "  ".join(f"{k} {lat[k]:.1f}" for k in ("p50", "p95", "p99")) if lat else "none completed"
+        lines.append(f"{'priority ' + str(lv):<15} sent {b['sent']}, completed {b['completed']}, dropped "
+                     f"{100 * b['drop_rate']:.1f} %{counts(b['rejected'])}, latency (ms) {figures}")
     late = s["send_lateness_ms"]
     if late:
         lines.append(f"load generator  CPU {s['generator_cpu_percent']:.0f}% of one core, send lateness "
@@ -558,9 +607,10 @@ def write_csv(result: LoadResult, path: str | Path) -> None:
     """Write one row per request, columns :data:`COLUMNS` (empty cell = no value)."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(COLUMNS)
+        cols = COLUMNS + ("priority",) if result.rows and "priority" in result.rows[0] else COLUMNS
+        w.writerow(cols)
         for r in result.rows:
-            w.writerow([_cell(k, r[k]) for k in COLUMNS])
+            w.writerow([_cell(k, r[k]) for k in cols])
 
 
 # --------------------------------------------------------------------------- CLI
@@ -599,6 +649,14 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         only_with(opt, value, bursty or burst_streams, "--rate R --process bursty or --streams ... --burst X")
     only_with("--jitter-ms", args.jitter_ms, args.streams is not None, "--streams")
     only_with("--think-ms", args.think_ms, args.concurrency is not None, "--concurrency")
+    only_with("--priority-shares", args.priority_shares, args.concurrency is None, "an open loop (--rate, --streams, --trace)")
+    shares = None
+    if args.priority_shares is not None:
+        try:
+            shares = [float(v) for v in args.priority_shares.split(",")]
+        except ValueError:
+            raise CapsimError(f"--priority-shares: {args.priority_shares!r} is not a list of numbers; "
+                              "e.g. 0.2,0.8 (level 0 first)") from None
 
     arrivals = None
     if args.rate is not None:
@@ -624,7 +682,7 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
     return LoadSpec(
         url=args.url, duration_s=args.duration, arrivals=arrivals, concurrency=args.concurrency,
         think_ms=args.think_ms or 0.0, payload=args.payload, shape=_parse_shape(args.shape),
-        timeout_s=args.timeout_s, seed=args.seed,
+        timeout_s=args.timeout_s, seed=args.seed, priority_shares=shares, deadline_ms=args.deadline_ms,
         progress=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
 

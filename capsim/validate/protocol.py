@@ -5,12 +5,17 @@ POST ``INFER_PATH`` with the payload as the body:
   - ``Content-Type: application/octet-stream``: a raw float32 tensor (C x H x W, C order) of
     the model's input shape, given in the ``X-Tensor-Shape`` header as ``3x224x224``.
 Optional request headers: ``X-Source`` (camera / client id, an integer >= 0: per-source caps
-count by it), ``X-Request-Id`` (echoed back).
+count by it), ``X-Request-Id`` (echoed back), ``X-Priority`` (level, 0 = highest; default: the
+server's ``--default-priority``), ``X-Deadline-Ms`` (drop the request as stale when its batch is
+formed more than this after it was received; overrides ``--deadline-ms``; 0 = none),
+``X-Frame-Index`` (the frame's number in its camera's stream, for ``--stride`` / degradation;
+default: the count of the camera's frames received before it). A bad value is a 400.
 
 200: JSON ``{"outputs": ...}`` (the model's result: top-5 classes, or boxes, or a mask summary)
 plus the timing headers below. 503: the server dropped the request; JSON ``{"error": reason,
-"detail": ...}`` and ``X-Drop-Reason`` (``rejected``, ``dropped_oldest``, ``timeout``, ``stride``,
-``shutting_down``). 400: a payload the server cannot read (one-line reason).
+"detail": ...}`` and ``X-Drop-Reason`` (``rejected``, ``dropped_oldest``, ``timeout``, ``stale``,
+``stride``, ``shutting_down``). 400: a payload or header the server cannot read (one-line
+reason). Every 200 and 503 answer carries ``X-Priority``, the level it was queued at.
 
 GET ``HEALTH_PATH``: ``ok``. GET ``METRICS_PATH``: Prometheus text format.
 """
@@ -34,6 +39,9 @@ H_DROP = "X-Drop-Reason"
 H_SOURCE = "X-Source"
 H_REQUEST_ID = "X-Request-Id"
 H_SHAPE = "X-Tensor-Shape"
+H_PRIORITY = "X-Priority"            # request and response: priority level, 0 = highest
+H_DEADLINE = "X-Deadline-Ms"         # request: this request's deadline from its arrival (0: none)
+H_FRAME_INDEX = "X-Frame-Index"      # request: the frame's index in its camera's stream
 
 TIMING_HEADERS = (H_PREPROCESS, H_DECODE, H_QUEUE_WAIT, H_BATCH_SIZE, H_COMPUTE, H_POSTPROCESS, H_SERVER_TOTAL, H_INSTANCE)
 

@@ -11,7 +11,9 @@ and the load generator's client, with less per-request machinery between the soc
 handler; on a 2-core machine that overhead is part of what ``capsim validate`` must model.
 
 Every request ends in exactly one outcome, counted in ``/metrics``: completed, rejected,
-dropped_oldest, timeout, bad_request, error or shutting_down; received = their sum.
+dropped_oldest, timeout, stale, stride, bad_request, error or shutting_down; received = their sum.
+Requests with a valid priority level are counted by level too (``capsim_requests_by_level_total``);
+with a stride or degradation, each camera's current stride and its frames are exposed.
 """
 
 from __future__ import annotations
@@ -29,11 +31,23 @@ from aiohttp import web
 
 from capsim.errors import CapsimError
 from capsim.validate import protocol as P
-from capsim.validate.batching import ServerBatcher
+from capsim.validate.batching import LevelPolicy, ServerBatcher
 
-OUTCOMES = ("completed", "rejected", "dropped_oldest", "timeout", "bad_request", "error", "shutting_down")
+OUTCOMES = ("completed", "rejected", "dropped_oldest", "timeout", "stale", "stride", "bad_request", "error",
+            "shutting_down")
+# outcomes a request with a known level can have (bad_request may come before its level is read)
+LEVEL_OUTCOMES = tuple(o for o in OUTCOMES if o != "bad_request")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+DROP_DETAILS = {
+    "rejected": "the queue was full: the request was rejected by the queue policy",
+    "dropped_oldest": "the request was dropped (oldest) by the queue policy to make room",
+    "timeout": "the request waited longer than the queue timeout",
+    "stale": "the request was older than its deadline when its batch was formed",
+    "stride": "the frame was skipped: its index is not a multiple of its camera's current stride",
+}
 
 
 class BadPayload(ValueError):
@@ -165,6 +179,7 @@ class Req:
     preprocess_ms: float
     decode_ms: float
     fut: asyncio.Future
+    level: int = 0
 
 
 class InferenceServer:
@@ -172,14 +187,33 @@ class InferenceServer:
 
     def __init__(self, host: ModelHost, max_batch: int, delay_ms: float, instances: int, preferred=(),
                  max_size: int = 0, per_source_max_size: int = 0, on_full: str = "reject", timeout_ms: float = 0.0,
-                 preprocess_workers: int = 1):
+                 preprocess_workers: int = 1, levels=None, default_priority: int | None = None,
+                 deadline_ms: float = 0.0, stride: int = 1, degrade_threshold: int = 0, degrade_max_stride: int = 0):
+        """``levels``: priority lanes as (max_size, on_full, timeout_ms), highest first (None: one lane
+        from max_size/on_full/timeout_ms); a request without X-Priority gets ``default_priority``
+        (None: the lowest)."""
         self.host = host
+        lanes = None if levels is None else [LevelPolicy(m, o, t / 1000.0) for m, o, t in levels]
         self.batcher = ServerBatcher(max_batch, delay_ms / 1000.0, instances, list(preferred), max_size,
-                                     per_source_max_size, on_full, timeout_ms / 1000.0)
+                                     per_source_max_size, on_full, timeout_ms / 1000.0, levels=lanes,
+                                     deadline=deadline_ms / 1000.0, stride=stride,
+                                     degrade_threshold=degrade_threshold, degrade_max_stride=degrade_max_stride)
+        self.n_levels = len(self.batcher.levels)
+        self.default_priority = self.n_levels - 1 if default_priority is None else default_priority
         self.config = {"max_batch_size": max_batch, "max_queue_delay_ms": delay_ms, "instances": instances,
                        "preferred_batch_sizes": list(preferred), "queue_max_size": max_size,
                        "per_source_max_size": per_source_max_size, "on_full": on_full, "queue_timeout_ms": timeout_ms,
                        "preprocess_workers": preprocess_workers}
+        if levels is not None:
+            self.config["priority_levels"] = [{"max_size": m, "on_full": o, "timeout_ms": t} for m, o, t in levels]
+            self.config["default_priority"] = self.default_priority
+        if deadline_ms:
+            self.config["deadline_ms"] = deadline_ms
+        if self.batcher.strided:
+            self.config.update(stride=stride, degrade_threshold=degrade_threshold,
+                               degrade_max_stride=degrade_max_stride)
+        self.by_level = [{o: 0 for o in LEVEL_OUTCOMES} for _ in range(self.n_levels)]
+        self.processed: dict[int, int] = {}  # completed frames per source (stride / degrade on)
         self.pre_pool = ThreadPoolExecutor(max(1, preprocess_workers), thread_name_prefix="capsim-pre")
         self.inst_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"capsim-inst{i}") for i in range(instances)]
         self.counts = {o: 0 for o in OUTCOMES}
@@ -203,19 +237,50 @@ class InferenceServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok" if not self.draining else "draining", status=200 if not self.draining else 503)
 
+    def _read_headers(self, headers) -> tuple[int, int, float | None, int | None]:
+        """(source, level, deadline in s or None, frame index or None) from the request headers;
+        ValueError with a one-line reason for a bad value."""
+        def integer(name: str, default, lo: int = 0, hi: int | None = None):
+            text = headers.get(name)
+            if text is None:
+                return default
+            try:
+                v = int(text)
+            except ValueError:
+                v = None
+            if v is None or v < lo or (hi is not None and v > hi):
+                rng = f"0..{hi}" if hi is not None else f">= {lo}"
+                raise ValueError(f"{name}: must be an integer {rng}, got {text!r}")
+            return v
+
+        source = integer(P.H_SOURCE, 0)
+        level = integer(P.H_PRIORITY, self.default_priority, hi=self.n_levels - 1)
+        frame = integer(P.H_FRAME_INDEX, None)
+        deadline = None
+        text = headers.get(P.H_DEADLINE)
+        if text is not None:
+            try:
+                deadline = float(text)
+            except ValueError:
+                deadline = -1.0
+            if not (0 <= deadline < float("inf")):
+                raise ValueError(f"{P.H_DEADLINE}: must be a number of ms >= 0 (0: no deadline), got {text!r}")
+            deadline /= 1000.0
+        return source, level, deadline, frame
+
     async def infer(self, request: web.Request) -> web.Response:
         body = await request.read()
         received = time.perf_counter()
         self.received += 1
         rid = request.headers.get(P.H_REQUEST_ID, "")
-        if self.draining:
-            return self._dropped("shutting_down", "the server is shutting down", rid)
         try:
-            source = int(request.headers.get(P.H_SOURCE, "0"))
-            if source < 0:
-                raise ValueError
-        except ValueError:
-            return self._bad(f"{P.H_SOURCE}: must be an integer >= 0", rid)
+            source, level, deadline, frame = self._read_headers(request.headers)
+        except ValueError as exc:
+            if self.draining:
+                return self._dropped("shutting_down", "the server is shutting down", rid)
+            return self._bad(str(exc), rid)
+        if self.draining:
+            return self._dropped("shutting_down", "the server is shutting down", rid, level)
         loop = asyncio.get_running_loop()
         try:
             x, decode_ms = await loop.run_in_executor(self.pre_pool, timed_decode, body, request.content_type,
@@ -223,36 +288,43 @@ class InferenceServer:
         except BadPayload as exc:
             return self._bad(str(exc), rid)
         entered = time.perf_counter()
-        req = Req(x, source, received, (entered - received) * 1000.0, decode_ms, loop.create_future())
-        for p in self.batcher.offer(req, source, entered):
+        req = Req(x, source, received, (entered - received) * 1000.0, decode_ms, loop.create_future(), level)
+        for p in self.batcher.offer(req, source, entered, level, received, deadline, frame):
             p.key.fut.set_result(("dropped", p.dropped))
         self.wake.set()
         outcome = await req.fut
         if outcome[0] == "dropped":
-            return self._dropped(outcome[1], f"the request was {outcome[1].replace('_', ' ')} by the queue policy", rid)
+            return self._dropped(outcome[1], DROP_DETAILS.get(outcome[1], outcome[1]), rid, level)
         if outcome[0] == "error":
             self.counts["error"] += 1
+            self.by_level[level]["error"] += 1
             return web.json_response({"error": "inference_failed", "detail": outcome[1]}, status=500,
-                                     headers={P.H_REQUEST_ID: rid})
+                                     headers={P.H_REQUEST_ID: rid, P.H_PRIORITY: str(level)})
         _, out, compute_ms, size, inst, queue_wait_ms = outcome
         t = time.perf_counter()
         result = postprocess(self.host.task, out)
         done = time.perf_counter()
         total = done - received
         self.counts["completed"] += 1
+        self.by_level[level]["completed"] += 1
+        if self.batcher.strided:
+            self.processed[source] = self.processed.get(source, 0) + 1
         self.lat_sum += total
         self.lat_hist[_bucket(LATENCY_BUCKETS_S, total)] += 1
         headers = {P.H_PREPROCESS: f"{req.preprocess_ms:.4f}", P.H_DECODE: f"{req.decode_ms:.4f}",
                    P.H_QUEUE_WAIT: f"{queue_wait_ms:.4f}",
                    P.H_BATCH_SIZE: str(size), P.H_COMPUTE: f"{compute_ms:.4f}",
                    P.H_POSTPROCESS: f"{(done - t) * 1000.0:.4f}", P.H_SERVER_TOTAL: f"{total * 1000.0:.4f}",
-                   P.H_INSTANCE: str(inst), P.H_REQUEST_ID: rid}
+                   P.H_INSTANCE: str(inst), P.H_REQUEST_ID: rid, P.H_PRIORITY: str(level)}
         return web.Response(text=json.dumps({"outputs": result}), content_type="application/json", headers=headers)
 
-    def _dropped(self, reason: str, detail: str, rid: str) -> web.Response:
+    def _dropped(self, reason: str, detail: str, rid: str, level: int | None = None) -> web.Response:
         self.counts[reason] += 1
-        return web.json_response({"error": reason, "detail": detail}, status=503,
-                                 headers={P.H_DROP: reason, P.H_REQUEST_ID: rid})
+        headers = {P.H_DROP: reason, P.H_REQUEST_ID: rid}
+        if level is not None:
+            self.by_level[level][reason] += 1
+            headers[P.H_PRIORITY] = str(level)
+        return web.json_response({"error": reason, "detail": detail}, status=503, headers=headers)
 
     def _bad(self, detail: str, rid: str) -> web.Response:
         self.counts["bad_request"] += 1
@@ -272,6 +344,23 @@ class InferenceServer:
                   "# TYPE capsim_queue_length gauge", f"capsim_queue_length {self.batcher.qlen}",
                   "# HELP capsim_batches_in_flight Batches running on model instances.",
                   "# TYPE capsim_batches_in_flight gauge", f"capsim_batches_in_flight {self.in_flight}"]
+        if self.n_levels > 1:
+            lines += ["# HELP capsim_requests_by_level_total Inference requests by priority level and outcome.",
+                      "# TYPE capsim_requests_by_level_total counter"]
+            lines += [f'capsim_requests_by_level_total{{level="{lv}",outcome="{o}"}} {n}'
+                      for lv, c in enumerate(self.by_level) for o, n in c.items()]
+        if self.batcher.strided:
+            b = self.batcher
+            lines += ["# HELP capsim_source_stride Current stride of each camera (process every k-th frame).",
+                      "# TYPE capsim_source_stride gauge"]
+            lines += [f'capsim_source_stride{{source="{s}"}} {k}' for s, k in sorted(b.stride_of.items())]
+            lines += ["# HELP capsim_source_frames_total Frames of each camera that entered the batcher.",
+                      "# TYPE capsim_source_frames_total counter"]
+            lines += [f'capsim_source_frames_total{{source="{s}"}} {k}' for s, k in sorted(b.frames.items())]
+            lines += ["# HELP capsim_source_frames_processed_total Frames of each camera computed and answered.",
+                      "# TYPE capsim_source_frames_processed_total counter"]
+            lines += [f'capsim_source_frames_processed_total{{source="{s}"}} {self.processed.get(s, 0)}'
+                      for s in sorted(b.frames)]
         lines += _histogram("capsim_batch_size", "Requests per dispatched batch.", BATCH_BUCKETS, self.batch_hist,
                             self.batch_sum, self.batches)
         lines += _histogram("capsim_request_duration_seconds", "Server time of completed requests.",
