@@ -572,7 +572,7 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
         if g is None:
             problems.append(f"arrivals.streams[{i}]: must be a mapping like {{count: 6, fps: 25}}")
     if a.think_distribution != "exponential" and a.process != "closed":
-        problems.append(f"arrivals.think_distribution: only used by process closed; remove it")
+        problems.append("arrivals.think_distribution: only used by process closed; remove it")
     rs = a.rate_schedule
     if rs is not None:
         if not rs.steps:
