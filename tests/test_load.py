@@ -378,3 +378,29 @@ def test_burst_options_refused_where_they_do_not_apply(args, field, tmp_path):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"capsim: error: {field}:"), p.stderr
+
+
+def test_schedule_sends_poisson_at_each_steps_rate():
+    from capsim.validate.load import parse_schedule
+
+    arr = Arrivals(process="poisson", rate_schedule=parse_schedule("0:20,1:200", period_s=2.0))
+    with ToyServer() as srv:
+        res = load(srv.url, 2.0, arrivals=arr, seed=4)
+    t = np.array([r["scheduled_s"] for r in res.rows])
+    first, second = int((t < 1).sum()), int((t >= 1).sum())
+    assert 5 <= first <= 40 and 150 <= second <= 250  # Poisson counts of mean 20 and 200, ~3.5 sigma
+    assert res.summary["completed"] == len(res.rows)
+    assert "poisson on a schedule (20 rps from 0 s, 200 rps from 1 s" in res.summary["load"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--schedule", "0:20,x"], "--schedule"),
+    (["--schedule", "5:20"], "--schedule"),        # the first step starts at 0 s
+    (["--rate", "5", "--hold"], "--hold"),
+    (["--rate", "5", "--period-s", "3"], "--period-s"),
+])
+def test_schedule_options_refused_with_one_line(args, field, tmp_path):
+    p = _cli(f"http://127.0.0.1:{_closed_port()}", *args, "--duration", "1", "--quiet", cwd=tmp_path)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"capsim: error: {field}:"), p.stderr

@@ -225,6 +225,9 @@ def add_load_parser(subparsers):
     how.add_argument("--streams", metavar="NxFPS",
                      help="open loop from cameras, e.g. 6x25fps or 6x25fps,2x10fps (X-Source = camera index)")
     how.add_argument("--trace", metavar="FILE", help="open loop at the times in a CSV (arrival_s[,source])")
+    how.add_argument("--schedule", metavar="AT:RPS,...",
+                     help="open loop, Poisson at a time-varying rate: e.g. 0:20,30:120 (20 rps from 0 s, 120 rps "
+                          "from 30 s); the same generator as arrivals.rate_schedule")
     how.add_argument("--concurrency", type=int, metavar="C", help="closed loop with C clients")
     p.add_argument("--process", choices=("poisson", "constant", "bursty"), help="arrival process with --rate (default poisson)")
     p.add_argument("--burst-rate", type=float, metavar="R", help="bursty: rate during bursts (default 4 x --rate)")
@@ -233,6 +236,9 @@ def add_load_parser(subparsers):
     p.add_argument("--burst-s", type=float, metavar="S", help="bursty / --burst: mean burst length (default 1 s)")
     p.add_argument("--calm-s", type=float, metavar="S", help="bursty / --burst: mean time between bursts (default 4 s)")
     p.add_argument("--jitter-ms", type=float, help="streams: std of each frame's arrival jitter (default 0)")
+    p.add_argument("--period-s", type=float, metavar="S",
+                   help="--schedule: length of the schedule, repeated after it (default: --duration)")
+    p.add_argument("--hold", action="store_true", help="--schedule: keep the last rate after --period-s")
     p.add_argument("--think-ms", type=float, help="closed loop: pause between an answer and the next request")
     p.add_argument("--duration", type=float, required=True, metavar="S", help="seconds of sending")
     p.add_argument("--payload", choices=("jpeg", "tensor"), default="jpeg",

@@ -38,7 +38,7 @@ import aiohttp
 import numpy as np
 
 from capsim.arrivals import ArrivalStream, generate
-from capsim.config import Arrivals, StreamGroup
+from capsim.config import Arrivals, RateSchedule, StreamGroup
 from capsim.errors import CapsimError
 from capsim.validate import protocol as P
 
@@ -144,6 +144,11 @@ class LoadSpec:
             think = f", think {self.think_ms:g} ms" if self.think_ms else ""
             return f"closed loop, {self.concurrency} client{'s' * (self.concurrency != 1)}{think}"
         a = self.arrivals
+        if a.rate_schedule is not None:
+            rs = a.rate_schedule
+            steps = ", ".join(f"{st.rate_rps:g} rps from {st.at_s:g} s" for st in rs.steps)
+            return (f"open loop, poisson on a schedule ({steps}; period {rs.period_s:g} s, "
+                    f"{'repeated' if rs.repeat else 'last rate held'})")
         if a.process in ("poisson", "constant"):
             return f"open loop, {a.process} {a.rate_rps:g} rps"
         if a.process == "bursty":
@@ -169,7 +174,7 @@ class LoadResult:
 
 
 def _check_arrivals(a: Arrivals, base_dir: Path) -> None:
-    if a.process in ("poisson", "constant", "bursty"):
+    if a.process in ("poisson", "constant", "bursty") and a.rate_schedule is None:
         if a.rate_rps is None or not (a.rate_rps > 0 and math.isfinite(a.rate_rps)):
             raise CapsimError(f"--rate: must be > 0 requests per second, got {a.rate_rps}; e.g. --rate 100")
     if a.process == "bursty":
@@ -627,6 +632,26 @@ def parse_streams(text: str, jitter_ms: float = 0.0) -> list[StreamGroup]:
     return groups
 
 
+def parse_schedule(text: str, period_s: float, repeat: bool = True) -> RateSchedule:
+    """``0:20,30:120`` -> a rate schedule (validated as the scenario field arrivals.rate_schedule)."""
+    from capsim.config import parse_scenario
+    from capsim.errors import ScenarioError
+
+    steps = []
+    for item in text.split(","):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*", item)
+        if not m:
+            raise CapsimError(f"--schedule: {item.strip()!r} is not AT_S:RPS; write e.g. 0:20,30:120")
+        steps.append({"at_s": float(m[1]), "rate_rps": float(m[2])})
+    data = {"arrivals": {"process": "poisson", "rate_schedule": {"steps": steps, "period_s": period_s,
+                                                                 "repeat": repeat}},
+            "service": {"batch_latency_ms": {1: 1.0}}}
+    try:
+        return parse_scenario(data).arrivals.rate_schedule
+    except ScenarioError as exc:  # name the option, keep the field's own explanation
+        raise CapsimError(f"--schedule: {exc.problems[0]}") from None
+
+
 def _parse_shape(text: str) -> tuple[int, int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*", text or "")
     if not m or any(int(g) < 1 for g in m.groups()):
@@ -649,6 +674,8 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         only_with(opt, value, bursty or burst_streams, "--rate R --process bursty or --streams ... --burst X")
     only_with("--jitter-ms", args.jitter_ms, args.streams is not None, "--streams")
     only_with("--think-ms", args.think_ms, args.concurrency is not None, "--concurrency")
+    only_with("--period-s", args.period_s, args.schedule is not None, "--schedule")
+    only_with("--hold", args.hold or None, args.schedule is not None, "--schedule")
     only_with("--priority-shares", args.priority_shares, args.concurrency is None, "an open loop (--rate, --streams, --trace)")
     shares = None
     if args.priority_shares is not None:
@@ -679,6 +706,9 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
             arrivals.mean_calm_s = args.calm_s if args.calm_s is not None else 4.0
     elif args.trace is not None:
         arrivals = Arrivals(process="trace", path=args.trace)
+    elif args.schedule is not None:
+        arrivals = Arrivals(process="poisson", rate_schedule=parse_schedule(
+            args.schedule, args.period_s if args.period_s is not None else args.duration, not args.hold))
     return LoadSpec(
         url=args.url, duration_s=args.duration, arrivals=arrivals, concurrency=args.concurrency,
         think_ms=args.think_ms or 0.0, payload=args.payload, shape=_parse_shape(args.shape),
