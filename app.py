@@ -60,6 +60,8 @@ def batch_curve(scenario_yaml: str, base_dir: str, engine: str):
 def evaluate(sc, engine: str):
     """(scenario, result, verdict card) for the app, from the caches above."""
     sc2, res = run(scenario_text(sc), sc.base_dir, engine)
+    if sc.arrivals.offered_rps() is None:  # a trace or closed-loop clients: no rate to rescale
+        return sc2, res, explore.verdict_card(sc2, res, engine, with_max_rate=False)
     m = max_rate(scenario_text(explore.rate_free(sc)), sc.base_dir, engine)
     return sc2, res, explore.verdict_card(sc2, res, engine, max_rate_rps=m)
 
@@ -171,7 +173,9 @@ def verdict_card(card: dict, title: str = "Verdict", run_note: str = "") -> None
                 f"{'<br><small>' + run_note + '</small>' if run_note else ''}</div>", unsafe_allow_html=True)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric(f"{q} latency (ms)", "unstable" if card["observed_ms"] is None else f"{card['observed_ms']:.1f}")
-    c2.metric("throughput (rps)", f"{card['throughput_rps']:.1f}", help=f"offered {card['rate_rps']:.1f} rps")
+    offered = (f"offered {card['rate_rps']:.1f} rps" if card["rate_rps"] is not None
+               else "set by closed-loop clients or a trace (no rate knob)")
+    c2.metric("throughput (rps)", f"{card['throughput_rps']:.1f}", help=offered)
     c3.metric("max sustainable rate (rps)", "–" if card["max_rate_rps"] is None else f"{card['max_rate_rps']:.1f}")
     c4.metric("headroom", "–" if card["headroom_pct"] is None else f"{card['headroom_pct']:+.0f} %")
     if not card["slo_from_scenario"]:
@@ -182,7 +186,8 @@ def show_charts(sc, res, card, engine: str, with_curves: bool) -> dict:
     rate = knee = batch = None
     if with_curves:
         with st.spinner("latency vs rate and vs batch size…"):
-            rate, knee = rate_curve(scenario_text(explore.rate_free(sc)), sc.base_dir, engine)
+            if sc.arrivals.offered_rps() is not None:
+                rate, knee = rate_curve(scenario_text(explore.rate_free(sc)), sc.base_dir, engine)
             batch = batch_curve(scenario_text(sc), sc.base_dir, engine)
     figs = charts.all_figures(res, card, rate, knee, batch, explore.timeline(res))
     names = list(figs)

@@ -145,6 +145,90 @@ def utilization(res: SimulationResult) -> go.Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- production policies
+
+
+def priority_levels(levels: list[dict], target_ms: float, percentile: float) -> go.Figure:
+    """Per priority level: p95 latency (bars; none for an unstable level) and drop rate (markers)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    names = [f"level {lv['level']}" for lv in levels]
+    p95 = [lv["latency_ms"]["p95"] if lv["latency_ms"] else None for lv in levels]
+    fig.add_trace(go.Bar(x=names, y=p95, name="p95 latency (ms)",
+                         text=["unstable" if v is None else f"{v:.0f} ms" for v in p95], textposition="auto"))
+    fig.add_trace(go.Scatter(x=names, y=[100 * lv["drop_rate"] for lv in levels], mode="markers+text",
+                             marker=dict(size=14, color=SLO_COLOR), name="drop rate (%)",
+                             text=[f"{100 * lv['drop_rate']:.1f} %" for lv in levels], textposition="top center"),
+                  secondary_y=True)
+    _slo_line(fig, target_ms, f"SLO p{percentile:g} {target_ms:g} ms")
+    fig.update_yaxes(title_text="p95 latency (ms)", secondary_y=False)
+    fig.update_yaxes(title_text="drop rate (%)", range=[0, 100], dtick=20, showgrid=False, secondary_y=True)
+    fig.update_layout(title="Priority levels: latency and drops", **LAYOUT)
+    return fig
+
+
+def camera_fps(degrade: dict) -> go.Figure:
+    """Graceful degradation: each camera's processed fps over time, with its mean stride."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    t = degrade["t_s"]
+    for cam in degrade["cameras"]:
+        fig.add_trace(go.Scatter(x=t, y=cam["processed_fps"], mode="lines", name=f"camera {cam['camera']} fps"))
+    strides = np.array([cam["stride"] for cam in degrade["cameras"]], dtype=float)
+    fig.add_trace(go.Scatter(x=t, y=strides.mean(axis=0), mode="lines", line=dict(dash="dot", color="black"),
+                             name="mean stride"), secondary_y=True)
+    fig.update_yaxes(title_text="processed frames/s", secondary_y=False)
+    fig.update_yaxes(title_text="stride", range=[0, degrade["max_stride"] + 0.5], secondary_y=True)
+    fig.update_layout(title="Processed fps per camera (graceful degradation)", xaxis_title="time (s)", **LAYOUT)
+    return fig
+
+
+def instances_over_time(autoscale: dict) -> go.Figure:
+    """Autoscaling: serving and provisioning (cold-starting) instances over time."""
+    fig = go.Figure()
+    for key, name, color in (("serving", "serving", "#1f77b4"), ("provisioning", "cold-starting", "#ff7f0e")):
+        series = autoscale[key]
+        fig.add_trace(go.Scatter(x=series["t"], y=series["count"], mode="lines", line_shape="hv", name=name,
+                                 line=dict(color=color)))
+    cs = autoscale["cold_start"]
+    fig.update_layout(title=(f"Instances over time (p95 {_ms(cs['p95_ms_while_provisioning'])} during cold starts vs "
+                             f"{_ms(cs['p95_ms_otherwise'])} otherwise)"),
+                      xaxis_title="time (s)", yaxis_title="instances", yaxis_dtick=1, **LAYOUT)
+    return fig
+
+
+def schedule_steps(schedule: dict) -> go.Figure:
+    """Time-varying load: each step's offered rate and throughput (bars) and p95 (line)."""
+    steps = [st for st in schedule["steps"] if st["offered_rps"] is not None]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = [st["at_s"] for st in steps]
+    fig.add_trace(go.Bar(x=x, y=[st["offered_rps"] for st in steps], name="offered (rps)", opacity=0.5))
+    fig.add_trace(go.Bar(x=x, y=[st["throughput_rps"] for st in steps], name="throughput (rps)"))
+    fig.add_trace(go.Scatter(x=x, y=[st["p95_ms"] for st in steps], mode="lines+markers", name="p95 (ms)",
+                             line=dict(color=SLO_COLOR)), secondary_y=True)
+    fig.update_yaxes(title_text="requests/s", secondary_y=False)
+    fig.update_yaxes(title_text="p95 latency (ms)", secondary_y=True)
+    fig.update_layout(title="Rate schedule: each step", xaxis_title="step start (s into the period)",
+                      barmode="overlay", **LAYOUT)
+    return fig
+
+
+def _ms(v) -> str:
+    return "–" if v is None else f"{v:.0f} ms"
+
+
+def policy_figures(res: SimulationResult, target_ms: float, percentile: float) -> dict[str, go.Figure]:
+    """Charts of the production policies the scenario uses (none when it uses none)."""
+    p, figs = res.policies, {}
+    if p.get("priority"):
+        figs["priority"] = priority_levels(p["priority"], target_ms, percentile)
+    if p.get("degrade"):
+        figs["camera_fps"] = camera_fps(p["degrade"])
+    if p.get("autoscale"):
+        figs["instances"] = instances_over_time(p["autoscale"])
+    if p.get("rate_schedule") and any(st["offered_rps"] is not None for st in p["rate_schedule"]["steps"]):
+        figs["rate_schedule"] = schedule_steps(p["rate_schedule"])
+    return figs
+
+
 def all_figures(res: SimulationResult, card: dict, rate: list[dict] | None, knee_rps: float | None,
                 batch: list[dict] | None, tl: Timeline) -> dict[str, go.Figure]:
     """The report's and the app's charts, by name, in reading order."""
@@ -157,6 +241,7 @@ def all_figures(res: SimulationResult, card: dict, rate: list[dict] | None, knee
     figs["timeline"] = timeline(tl)
     figs["breakdown"] = breakdown(res)
     figs["utilization"] = utilization(res)
+    figs.update(policy_figures(res, t, q))
     return figs
 
 

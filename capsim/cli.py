@@ -782,6 +782,10 @@ def format_table(res) -> str:
     out.append(f"config: {b.mode} batching, max batch {b.max_batch_size}, max queue delay {b.max_queue_delay_ms:g} ms, "
                f"{sc.instances} instance{'s' if sc.instances > 1 else ''}, queue {cap}"
                + ("".join(f", {e}" for e in extra)))
+    a = sc.arrivals
+    if a.process == "closed":
+        out.append(f"load: {a.concurrency} closed-loop clients, think {a.think_ms:g} ms ({a.think_distribution}); "
+                   f"they sent {res.offered_rps:.1f} rps (Little: clients = throughput x (latency + think))")
     out.extend(instance_policy_lines(res))
     from capsim.queue_policies import format_text
     out += format_text(res.policies)

@@ -66,6 +66,8 @@ def knobs_for(sc: Scenario) -> list[Knob]:
     largest = max(sc.service.curve_ms())
     out = []
     for path, group in KNOBS:
+        if path == "offered_rps" and sc.arrivals.offered_rps() is None:
+            continue  # a trace or closed-loop clients: the load has no rate to rescale
         src = "arrivals.rate_rps" if path == "offered_rps" else path
         s, tp = specs[src]
         tp = _unwrap_optional(tp)

@@ -59,13 +59,17 @@ def build(sc: Scenario, with_plan: bool = False, sweep_csv: str | None = None, e
 
     step("simulating the scenario")
     res = simulate(sc, engine=engine)
-    step("finding the highest sustainable rate")
-    card = explore.verdict_card(sc, res, engine)
+    # A trace or a closed loop has no offered rate to rescale: no max rate and no rate curve.
+    scalable = sc.arrivals.offered_rps() is not None
+    if scalable:
+        step("finding the highest sustainable rate")
+    card = explore.verdict_card(sc, res, engine, with_max_rate=scalable)
     rate = knee = batch = None
     if curves:
-        step("latency vs offered rate")
-        rate = explore.rate_curve(sc, engine=engine)
-        knee = explore.knee(rate)
+        if scalable:
+            step("latency vs offered rate")
+            rate = explore.rate_curve(sc, engine=engine)
+            knee = explore.knee(rate)
         step("throughput and latency vs max batch size")
         batch = explore.batch_curve(sc, engine=engine)
     tl = explore.timeline(res)
@@ -78,9 +82,10 @@ def build(sc: Scenario, with_plan: bool = False, sweep_csv: str | None = None, e
         "title": f"Capacity report: {sc.name}",
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "question": {"scenario": sc.name, "description": sc.description, "rate_rps": card["rate_rps"],
+                     "load": _load_text(sc, res),
                      "slo": {"percentile": slo.percentile, "latency_ms": slo.latency_ms,
                              "min_throughput_rps": slo.min_throughput_rps},
-                     "text": (f"Can {sc.name} serve {card['rate_rps']:g} rps with p{slo.percentile:g} <= "
+                     "text": (f"Can {sc.name} serve {_load_text(sc, res)} with p{slo.percentile:g} <= "
                               f"{slo.latency_ms:g} ms?")},
         "config": config,
         "card": card,
@@ -205,6 +210,17 @@ def key_rows(c: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _load_text(sc: Scenario, res) -> str:
+    """The load the question is about, in words: a rate, or what sets it when nothing does."""
+    rate = sc.arrivals.offered_rps()
+    if rate is not None:
+        return f"{rate:g} rps"
+    a = sc.arrivals
+    if a.process == "closed":
+        return f"{a.concurrency} closed-loop clients (think {a.think_ms:g} ms; {res.offered_rps:.1f} rps sent)"
+    return f"the trace {a.path} ({res.offered_rps:.1f} rps)"
+
+
 def answer(c: dict) -> str:
     """One sentence: the verdict in words."""
     q, rec = c["question"], c["recommended"]
@@ -212,10 +228,10 @@ def answer(c: dict) -> str:
            f"{rec['max_queue_delay_ms']:g} ms, {rec['instances']} instance(s)")
     v = c["verdict"]
     if v == "feasible":
-        return f"Yes: {cfg} meets the SLO at {q['rate_rps']:g} rps (the whole 95 % interval is under the target)."
+        return f"Yes: {cfg} meets the SLO at {q['load']} (the whole 95 % interval is under the target)."
     if v == "inconclusive":
         return f"Not settled: with {cfg} the 95 % interval straddles the target; simulate more requests."
-    return f"No: {cfg} does not meet the SLO at {q['rate_rps']:g} rps."
+    return f"No: {cfg} does not meet the SLO at {q['load']}."
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}

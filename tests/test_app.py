@@ -43,8 +43,12 @@ def test_app_loads_on_every_builtin_scenario(name):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert _verdict(at) in ("feasible", "infeasible", "inconclusive")
-    # the knob for the offered rate shows the scenario's rate
-    assert at.slider(key="offered_rps").value == pytest.approx(load_scenario(name).arrivals.offered_rps())
+    # the knob for the offered rate shows the scenario's rate (closed-loop clients have no rate knob)
+    rate = load_scenario(name).arrivals.offered_rps()
+    if rate is None:
+        assert "offered_rps" not in [s.key for s in at.slider]
+    else:
+        assert at.slider(key="offered_rps").value == pytest.approx(rate)
 
 
 def test_more_load_raises_p95_and_more_instances_lower_it():
@@ -161,3 +165,13 @@ def test_capsim_ui_rejects_a_bad_port():
     r = subprocess.run([sys.executable, "-m", "capsim.cli", "ui", "--port", "70000"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "--port" in r.stderr
+
+
+def test_closed_loop_scenario_runs_without_a_rate_knob(tmp_path):
+    from capsim import knobs
+    from capsim.config import load_scenario
+
+    sc = load_scenario("mini-challenge", ["arrivals.rate_rps=null", "arrivals.process=closed",
+                                          "arrivals.concurrency=8", "arrivals.think_ms=20"])
+    assert "offered_rps" not in [k.path for k in knobs.knobs_for(sc)]
+    assert "offered_rps" in [k.path for k in knobs.knobs_for(load_scenario("mini-challenge"))]

@@ -37,6 +37,7 @@ BUILTINS = {
     "example-2-multi-camera",
     "example-3-edge-cpu",
     "example-4-littles-law",
+    "robot-control-loop",  # closed-loop clients (arrivals.process closed)
     "traffic-ramp-autoscale",
     "gpu-resnet50-fp16",  # driven by a measured GPU profile in calibration/
     "mini-challenge",

@@ -41,8 +41,9 @@ def assert_same(ref, fast):
 # --------------------------------------------------------------------------- built-in scenarios
 
 
-# Instance-side policies (devices, dispatch, autoscale) run on the SimPy engine only.
-SIMPY_ONLY = {"traffic-ramp-autoscale": ["devices", "autoscale"]}
+# Instance-side policies (devices, dispatch, autoscale) and closed loops run on SimPy only.
+SIMPY_ONLY = {"traffic-ramp-autoscale": ["devices", "autoscale"],
+              "robot-control-loop": ["closed-loop clients (arrivals.process closed)"]}
 
 
 @pytest.mark.parametrize("name", [n for n in builtin.names() if n not in SIMPY_ONLY])

@@ -105,3 +105,36 @@ def test_report_bad_input_exits_2(argv, words, tmp_path):
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and words in lines[0]
+
+
+def test_policy_charts_in_the_report(tmp_path):
+    sc = load_scenario("mini-challenge", ["priority.levels=[{share: 0.2}, {share: 0.8, max_size: 64}]",
+                                          "autoscale.min_instances=1", "autoscale.max_instances=3",
+                                          "autoscale.window_s=5", "autoscale.warmup_s=3", "arrivals.rate_rps=250",
+                                          "run.requests=20000", "run.replications=2"])
+    rep = report.build(sc)
+    figs = report.figures(rep)
+    prio, inst = figs["priority"], figs["instances"]
+    levels = rep.result.policies["priority"]
+    assert list(prio.data[0].x) == ["level 0", "level 1"]
+    assert list(prio.data[1].y) == pytest.approx([100 * lv["drop_rate"] for lv in levels])
+    serving = rep.result.policies["autoscale"]["serving"]
+    assert list(inst.data[0].y) == serving["count"] and max(serving["count"]) > 1  # it scaled out
+    out = tmp_path / "r.html"
+    report.write(rep, str(out))
+    text = out.read_text()
+    assert "id='chart-priority'" in text and "id='chart-instances'" in text
+
+
+def test_report_on_a_closed_loop_scenario(tmp_path):
+    sc = load_scenario("mini-challenge", ["arrivals.rate_rps=null", "arrivals.process=closed",
+                                          "arrivals.concurrency=8", "arrivals.think_ms=20", "run.requests=20000",
+                                          "run.replications=2"])
+    rep = report.build(sc)
+    c = rep.content
+    # no rate to rescale: no max rate and no rate curve, and the question names the clients
+    assert c["card"]["max_rate_rps"] is None and c["curves"]["rate"] is None and c["curves"]["batch"]
+    assert c["question"]["text"].startswith("Can mini-challenge serve 8 closed-loop clients (think 20 ms; ")
+    assert "8 closed-loop clients" in report.answer(c)
+    report.write(rep, str(tmp_path / "r.html"))
+    assert "rate_curve" not in report.figures(rep)
