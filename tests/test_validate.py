@@ -36,6 +36,8 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
                  overhead_duration=3.0)
     assert len(v.cells) == 4
     assert v.overhead["preprocess_ms"] > 0 and math.isfinite(v.overhead["overhead_ms"])
+    host = v.overhead["host"]  # the in-server calibration measured batch 1 and full batches of 8
+    assert host["bmax"] == 8 and host["compute_ratio_bmax"] > 0 and math.isfinite(host["compute_ratio_bmax"])
     for c in v.cells:
         for k in ("p50", "p95", "p99", "throughput"):
             assert c.errors_pct[k] is not None and math.isfinite(c.errors_pct[k]), (c.to_dict(), k)
@@ -53,6 +55,15 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     html = tmp_path / "v.html"
     write_report(v, str(html))
     assert "Predicted vs measured" in html.read_text() and "Plotly.newPlot" in html.read_text()
+
+
+def test_host_ratio_interpolates_in_log_batch_size():
+    from capsim.validate.validate import host_ratio
+
+    host = {"compute_ratio": 1.2, "compute_ratio_bmax": 1.5, "bmax": 8}
+    assert host_ratio(host, 1) == 1.2 and host_ratio(host, 8) == 1.5 and host_ratio(host, 16) == 1.5
+    assert host_ratio(host, 2) == pytest.approx(1.3) and host_ratio(host, 4) == pytest.approx(1.4)
+    assert host_ratio({"compute_ratio": 1.1}, 4) == 1.1  # batch 1 only: one ratio for every size
 
 
 def test_validate_parses_its_options():

@@ -207,15 +207,16 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
 
 
 def measure_host(server_args: list[str], prof, shape, payload: str, rate: float, duration: float, seed: int,
-                 say) -> dict:
+                 say, largest_batch: int | None = None) -> dict:
     """How fast the model and the decoder run inside the server on this host, under load.
 
     The profile times the model alone on an idle machine; in the server the decode threads, the
-    event loop and the load generator share the cores with it. One run of the real
-    server (B=1, D=0, at ``rate``) measures the compute time per batch of 1 and the decode time as
-    they are there; the ratio to the profile scales its curve (the host's interference), and the decode
-    time becomes the pre-processing stage. Measured once, before and apart from the cells it
-    predicts.
+    event loop and the load generator share the cores with it. One run of the real server (B=1,
+    D=0, at ``rate``) measures the compute time per batch of 1 and the decode time as they are
+    there; a second run with full batches of the largest size the cells use (``largest_batch``)
+    measures how that batch slows. The two ratios to the profile scale its curve (interpolated in
+    log batch size, :func:`host_ratio`), and the decode time becomes the pre-processing stage.
+    Measured once, before and apart from the cells it predicts.
     """
     say(f"measuring the model and the decoder inside the server (B=1, D=0, {rate:.1f} rps for {duration:g} s)")
     with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
@@ -227,10 +228,46 @@ def measure_host(server_args: list[str], prof, shape, payload: str, rate: float,
     # The profile's curve is medians: compare like with like (one slow call must not scale every batch).
     times = np.array([r[P.H_COMPUTE] for r in ok])
     compute = float(np.median(times))
-    return {"compute_b1_ms": compute, "profile_b1_ms": prof.curve_ms()[1], "compute_ratio": compute / prof.curve_ms()[1],
-            # the spread of compute times in the server (other threads interrupt it), for the variability
-            "compute_cv": float(np.std(times) / np.mean(times)),
-            "decode_ms": _mean(ok, P.H_DECODE), "requests": len(ok), "rate_rps": rate}
+    out = {"compute_b1_ms": compute, "profile_b1_ms": prof.curve_ms()[1], "compute_ratio": compute / prof.curve_ms()[1],
+           # the spread of compute times in the server (other threads interrupt it), for the variability
+           "compute_cv": float(np.std(times) / np.mean(times)),
+           "decode_ms": _mean(ok, P.H_DECODE), "requests": len(ok), "rate_rps": rate}
+    measured = [k for k in prof.curve_ms() if k <= (largest_batch or 1)]
+    if max(measured) > 1:  # the largest batch the cells use that the profile measured
+        out.update(_measure_full_batches(server_args, prof, shape, payload, max(measured), duration, seed, say))
+    return out
+
+
+def _measure_full_batches(server_args, prof, shape, payload, b: int, duration: float, seed: int, say) -> dict:
+    """Compute time of full batches of ``b`` inside the server: ``b`` closed-loop clients against a
+    server that waits (up to 10 s) for ``b`` requests, so every batch is full. Batch 1 alone does
+    not tell how bigger batches slow down next to the decode threads and the event loop."""
+    from capsim.validate.load import LoadSpec, run_load
+
+    say(f"measuring full batches of {b} inside the server ({b} closed-loop clients for {duration:g} s)")
+    with ServerProcess([*server_args, "--max-batch-size", str(b), "--max-queue-delay-ms", "10000"]) as srv:
+        _warm_up(srv.url, 5.0 / 0.3, seed, payload, shape)
+        spec = LoadSpec(url=srv.url, duration_s=duration, concurrency=b, payload=payload, shape=tuple(shape),
+                        seed=seed + 11)
+        res = asyncio.run(run_load(spec))
+    full = [r[P.H_COMPUTE] for r in _measured(res.rows) if r[P.H_BATCH_SIZE] == b]
+    if len(full) < 3 * b:
+        return {}
+    compute = float(np.median(full))
+    return {"compute_bmax_ms": compute, "bmax": b, "profile_bmax_ms": prof.curve_ms()[b],
+            "compute_ratio_bmax": compute / prof.curve_ms()[b]}
+
+
+def host_ratio(host: dict, b: int) -> float:
+    """How much slower than the profile a batch of ``b`` runs inside the server: the measured
+    ratios at batch 1 and at the largest batch, interpolated in log(batch size) between them."""
+    r1 = host["compute_ratio"]
+    if "compute_ratio_bmax" not in host or b <= 1:
+        return r1
+    bmax, rmax = host["bmax"], host["compute_ratio_bmax"]
+    if b >= bmax:
+        return rmax
+    return r1 + (rmax - r1) * math.log(b) / math.log(bmax)
 
 
 def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int, preprocess_workers: int,
@@ -245,7 +282,7 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
     else:
         prof = load_profile(profile)
         cv = host["compute_cv"]  # measured in the server: the isolated profile's spread is far narrower
-        svc = {"batch_latency_ms": {k: round(v * host["compute_ratio"], 4) for k, v in prof.curve_ms().items()},
+        svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k), 4) for k, v in prof.curve_ms().items()},
                "variability": {"distribution": "gamma", "cv": max(cv, 0.01)},
                "contention": {int(k): float(v["factor"]) for k, v in
                               ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
@@ -308,8 +345,11 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
     host = None
     if host_calibration:
         naive = capacity(scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, 1.0, seed))
-        host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
-        say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile, decode {host['decode_ms']:.2f} ms")
+        host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
+                            largest_batch=max(b for b, _ in configs))
+        say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile at batch 1"
+            + (f", x{host['compute_ratio_bmax']:.2f} at batch {host['bmax']}" if "bmax" in host else "")
+            + f", decode {host['decode_ms']:.2f} ms")
     cells, cpu = [], []
     total = len(configs) * len(loads)
     for b, d in configs:
@@ -398,7 +438,8 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
     threads = threads or profile_threads(prof)
     server_args = _model_args(model, backend, preprocess_workers, threads)
     naive = capacity(scenario_for(profile, overhead, 1, 0.0, 1, preprocess_workers, 1.0, seed))
-    host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say)
+    host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
+                        largest_batch=max(b for b, _ in configs))
     cells, cpu = [], []
     for b, d in configs:
         sc = scenario_for(profile, overhead, b, d, 1, preprocess_workers, 1.0, seed, host)
@@ -470,7 +511,10 @@ def table(v: Validation) -> str:
              f"server overhead (noop model): decode {v.overhead['preprocess_ms']:.2f} ms, other "
              f"{v.overhead['overhead_ms']:.2f} ms per request",
              (f"inside the server at {v.overhead['host']['rate_rps']:.1f} rps: compute x{v.overhead['host']['compute_ratio']:.2f} the profile "
-              f"(b1 {v.overhead['host']['compute_b1_ms']:.1f} vs {v.overhead['host']['profile_b1_ms']:.1f} ms), decode "
+              f"(b1 {v.overhead['host']['compute_b1_ms']:.1f} vs {v.overhead['host']['profile_b1_ms']:.1f} ms"
+              + (f"; x{v.overhead['host']['compute_ratio_bmax']:.2f} at b{v.overhead['host']['bmax']}: "
+                 f"{v.overhead['host']['compute_bmax_ms']:.1f} vs {v.overhead['host']['profile_bmax_ms']:.1f} ms"
+                 if "bmax" in v.overhead["host"] else "") + "), decode "
               f"{v.overhead['host']['decode_ms']:.2f} ms: the prediction uses these" if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
              "", f"{'B':>3}{'D ms':>6}{'load':>6}{'rps':>7} | {'p50 pred':>8}{'meas':>7}{'err%':>7} | {'p95 pred':>8}"
