@@ -25,7 +25,7 @@ PER_BATCH = ("batch_start", "batch_end", "batch_size_by_batch", "batch_instance"
 
 
 def run_both(sc, seed=0):
-    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng([seed, 1]), sc.base_dir)
+    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng([seed, 1]), sc.base_dir, sc.priority)
     ref = SimPyEngine(sc).run(arr, np.random.default_rng([seed, 2]))
     fast = FastEngine(sc, fallback=False).run(arr, np.random.default_rng([seed, 2]))
     return ref, fast
@@ -114,10 +114,11 @@ def _num(lo, hi):
 
 
 @st.composite
-def scenarios(draw, direct=False, deadline=False, devices=False):
+def scenarios(draw, direct=False, deadline=False, devices=False, priority=False):
     """A random scenario the fast engine supports; ``direct``: triton batching with nothing ever
     dropped (no cap, no timeout), which the fast engine runs without its event queue;
-    ``deadline``: with ``queue.deadline_ms``; ``devices``: several devices and a dispatch policy."""
+    ``deadline``: with ``queue.deadline_ms``; ``devices``: several devices and a dispatch policy;
+    ``priority``: priority lanes (triton), each level with its own cap, on_full and timeout."""
     B = draw(st.integers(1, 8))
     sizes = sorted({1, B} | set(draw(st.lists(st.integers(1, B), max_size=3))))
     ms, curve = draw(_num(0.5, 20)), {}
@@ -139,7 +140,7 @@ def scenarios(draw, direct=False, deadline=False, devices=False):
     contention = {}
     if per_device > 1 and draw(st.booleans()):
         contention = {k: round(draw(_num(1.0, 2.0)), 3) for k in range(2, per_device + 1)}
-    mode = "triton" if direct else draw(st.sampled_from(["triton", "timer"]))
+    mode = "triton" if direct or priority else draw(st.sampled_from(["triton", "timer"]))
     preferred = []
     if mode == "triton" and B > 1 and draw(st.booleans()):
         preferred = draw(st.lists(st.integers(1, B), max_size=3, unique=True))
@@ -163,6 +164,19 @@ def scenarios(draw, direct=False, deadline=False, devices=False):
     if process == "streams":  # per-camera caps and stride only mean something with cameras
         cams_queue = {"stride": draw(st.sampled_from([1, 1, 2, 3])),
                       "per_source_max_size": 0 if direct else draw(st.sampled_from([0, 0, 1, 2, 4]))}
+    if priority:  # the overall cap, timeout and on_full move to the levels
+        nlev = draw(st.integers(1, 3))
+        weights = [draw(st.integers(1, 5)) for _ in range(nlev)]
+        levels = [{"max_size": draw(st.one_of(st.just(0), st.integers(1, 20))),
+                   "timeout_ms": draw(st.one_of(st.just(0.0), _num(1, 150))),
+                   "on_full": draw(st.sampled_from(["reject", "drop_oldest"]))} for _ in range(nlev)]
+        if process == "streams":
+            arrivals["streams"] = [{**arrivals["streams"][0], "count": 1, "priority": draw(st.integers(0, nlev - 1))}
+                                   for _ in range(arrivals["streams"][0]["count"])]
+        else:
+            for lv, w in zip(levels, weights):
+                lv["share"] = w / sum(weights)
+        policies["priority"] = {"levels": levels}
     data = {
         "name": "fast-vs-simpy",
         "arrivals": arrivals,
@@ -172,9 +186,10 @@ def scenarios(draw, direct=False, deadline=False, devices=False):
         "batching": {"mode": mode, "max_batch_size": B, "max_queue_delay_ms": draw(_num(0, 20)),
                      "preferred_batch_sizes": preferred},
         "instances": instances, **policies,
-        "queue": {"max_size": 0 if direct else draw(st.one_of(st.just(0), st.integers(1, 30))),
-                  "timeout_ms": 0.0 if direct else draw(st.one_of(st.just(0.0), _num(1, 150))),
-                  "on_full": draw(st.sampled_from(["reject", "drop_oldest"])), **cams_queue,
+        "queue": {"max_size": 0 if direct or priority else draw(st.one_of(st.just(0), st.integers(1, 30))),
+                  "timeout_ms": 0.0 if direct or priority else draw(st.one_of(st.just(0.0), _num(1, 150))),
+                  "on_full": "reject" if priority else draw(st.sampled_from(["reject", "drop_oldest"])),
+                  **cams_queue,
                   "deadline_ms": draw(_num(0.5, 150)) if deadline else 0.0},
         "run": {"requests": draw(st.integers(300, 3000)), "warmup_requests": draw(st.integers(0, 100)),
                 "replications": 1},
@@ -231,10 +246,22 @@ def test_random_drop_free_device_scenarios_identical(case):
     assert_same(ref, fast)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(priority=True, deadline=True))
+def test_random_priority_scenarios_identical(case):
+    # priority lanes (per-level caps, on_full, timeouts; camera levels or shares), with deadlines.
+    sc, seed = case
+    assert unsupported_features(sc) == [] and not FastEngine(sc).direct
+    ref, fast = run_both(sc, seed)
+    assert_same(ref, fast)
+    np.testing.assert_array_equal(fast.extras["priority"], ref.extras["priority"])
+
+
 def test_direct_path_is_only_taken_when_nothing_can_be_dropped():
     assert FastEngine(load_scenario("mini-challenge")).direct
     assert FastEngine(load_scenario("mini-challenge", ["devices.count=2", "dispatch=least_loaded"])).direct
-    for o in ("queue.max_size=5", "queue.timeout_ms=50", "batching.mode=timer", "queue.deadline_ms=100"):
+    for o in ("queue.max_size=5", "queue.timeout_ms=50", "batching.mode=timer", "queue.deadline_ms=100",
+              "priority.levels=[{share: 0.5}, {share: 0.5}]"):
         assert not FastEngine(load_scenario("mini-challenge", [o])).direct, o
 
 
@@ -299,3 +326,34 @@ def test_contention_is_per_device():
     shared = run_both(load_scenario("mini-challenge", base + ["instances=2"]), seed=2)[1]
     slowdown = (shared.batch_end - shared.batch_start) / curve_s[shared.batch_size_by_batch]
     assert slowdown.max() == pytest.approx(3.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("levels, extra", [
+    ("[{share: 0.2}, {share: 0.8, max_size: 64}]", []),
+    ("[{share: 0.3, max_size: 8, on_full: drop_oldest}, {share: 0.7, max_size: 20, timeout_ms: 40}]", []),
+    ("[{share: 0.3, timeout_ms: 25}, {share: 0.5, max_size: 10, on_full: drop_oldest}, {share: 0.2, timeout_ms: 60}]",
+     ["queue.deadline_ms=50", "devices.count=2", "dispatch=least_loaded", "service.contention={2: 1.3}"]),
+])
+def test_priority_lanes_identical(levels, extra):
+    sc = load_scenario("mini-challenge", ["run.requests=20000", "arrivals.rate_rps=300", f"priority.levels={levels}"]
+                       + extra)
+    ref, fast = run_both(sc, seed=7)
+    assert_same(ref, fast)
+    lvl = fast.extras["priority"]
+    np.testing.assert_array_equal(lvl, ref.extras["priority"])
+    done = fast.drop_reason == 0
+    if "timeout" in levels or extra:  # drops bias who is left: compare the levels only without them
+        assert (fast.drop_reason > 0).any()
+        return
+    # level 0 goes first: it waits less than level 1
+    assert np.percentile(fast.latency_ms[done & (lvl == 0)], 95) < np.percentile(fast.latency_ms[done & (lvl == 1)], 95)
+
+
+def test_priority_lanes_on_camera_streams_with_per_camera_caps():
+    sc = load_scenario("example-2-multi-camera", [
+        "run.requests=20000", "arrivals.streams.0.fps=250", "arrivals.streams.0.priority=1",
+        "priority.levels=[{max_size: 4, on_full: drop_oldest}, {max_size: 6, timeout_ms: 300}]",
+        "queue.per_source_max_size=2", "queue.on_full=reject", "queue.max_size=0", "queue.timeout_ms=0"])
+    ref, fast = run_both(sc, seed=9)
+    assert_same(ref, fast)
+    assert (fast.drop_reason > 0).any()

@@ -10,8 +10,10 @@ Supported: everything the scenario model has today: one queue, triton batching (
 drop_oldest, overall and per source), queue timeouts, stride, per-request overhead, pre/post
 stages and service variability (none, exponential, gamma, lognormal, empirical: the draws are
 made up front from the service generator in the SimPy engine's chunks of 4096 and consumed in
-batch-dispatch order). Triton batching with nothing dropped in the queue skips the event queue
-altogether (:func:`_triton_direct`). A feature listed by :func:`unsupported_features` makes
+batch-dispatch order), and the production policies of :mod:`capsim.sim.lanes` and
+:mod:`capsim.sim.devices`: priority lanes, deadlines (stale drops), several devices with
+per-device contention and the dispatch policies. Triton batching with nothing dropped in the
+queue and no lanes skips the event queue altogether (:func:`_triton_direct`). A feature listed by :func:`unsupported_features` makes
 :class:`FastEngine` hand the scenario to :class:`~capsim.sim.engine.SimPyEngine` (or refuse it
 with ``fallback=False``).
 """
@@ -37,11 +39,10 @@ _DISPATCH = {"lowest_index": 0, "round_robin": 1, "least_loaded": 2}
 
 
 def unsupported_features(sc: Scenario) -> list[str]:
-    """What in ``sc`` the fast engine cannot run (empty when it can: today it runs every feature
-    of the scenario model; new features start on the SimPy engine and are listed here)."""
+    """What in ``sc`` the fast engine cannot run (empty when it can); those scenarios run on the
+    SimPy engine."""
     q = sc.queue
     checks = [
-        ("priority", sc.priority is not None),
         ("queue.degrade", q.degrade is not None),
         ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed"),
         ("autoscale", sc.autoscale is not None),
@@ -220,7 +221,7 @@ def _due(status, entry, head, qlen, B, D, preferred, now):
 
 
 @njit(cache=True)
-def _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now, src, src_count, pcap):
+def _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now, src, src_count, pcap, lvl, lane_count):
     """StaleDrop.purge: drop queued requests with arrival + deadline < now, oldest first.
 
     Returns the new (head, qlen) and how many were dropped.
@@ -237,6 +238,8 @@ def _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now, src, s
         k += 1
         if pcap > 0:
             src_count[src[head]] -= 1
+        if lane_count.shape[0] > 0:
+            lane_count[lvl[head]] -= 1
     return head, qlen, k
 
 
@@ -264,9 +267,93 @@ def _pick(idle, busy_on, K, dispatch, last):
 
 
 @njit(cache=True)
+def _lane_oldest(status, lane_pos, lane_head, lv):
+    """LaneQueue.oldest_in_lane: position of level ``lv``'s oldest queued request (it must have one)."""
+    h = lane_head[lv]
+    while status[lane_pos[h]] != 1:
+        h += 1
+    lane_head[lv] = h
+    return lane_pos[h]
+
+
+@njit(cache=True)
+def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap, src_pos, src_head,
+                lvl, lane_count, lane_pos, lane_head, lcap, ldrop):
+    """LaneAdmission.admit_next: the per-source cap, then the arrival's own level's cap, each with
+    that level's on_full. Returns the new (nxt, qlen)."""
+    lv = lvl[nxt]
+    if pcap > 0:
+        sid = src[nxt]
+        if src_count[sid] >= pcap:
+            if ldrop[lv]:  # evict the source's oldest queued request (any level)
+                h = src_head[sid]
+                while status[src_pos[h]] != 1:
+                    h += 1
+                src_head[sid] = h
+                o = src_pos[h]
+                status[o] = 3
+                drop_reason[o] = 2
+                drop_t[o] = a
+                qlen -= 1
+                src_count[sid] -= 1
+                lane_count[lvl[o]] -= 1
+            else:
+                status[nxt] = 3
+                drop_reason[nxt] = 1
+                drop_t[nxt] = a
+                return nxt + 1, qlen
+    cap = lcap[lv]
+    if cap > 0 and lane_count[lv] >= cap:
+        if ldrop[lv]:  # evict the oldest queued request of the same level
+            o = _lane_oldest(status, lane_pos, lane_head, lv)
+            status[o] = 3
+            drop_reason[o] = 2
+            drop_t[o] = a
+            qlen -= 1
+            lane_count[lv] -= 1
+            if pcap > 0:
+                src_count[src[o]] -= 1
+        else:
+            status[nxt] = 3
+            drop_reason[nxt] = 1
+            drop_t[nxt] = a
+            return nxt + 1, qlen
+    status[nxt] = 1
+    if pcap > 0:
+        src_count[src[nxt]] += 1
+    lane_count[lv] += 1
+    return nxt + 1, qlen + 1
+
+
+@njit(cache=True)
+def _expire_lanes(status, drop_reason, drop_t, entry, qlen, t, src, src_count, pcap, lane_count, lane_pos,
+                  lane_head, lto):
+    """LaneTimeout.expire_before: per level (0 first), drop queued requests whose level's deadline
+    is strictly before ``t``, recorded at that deadline. Returns the new qlen."""
+    for lv in range(lto.shape[0]):
+        to = lto[lv]
+        if to == 0:
+            continue
+        while lane_count[lv] > 0:
+            o = _lane_oldest(status, lane_pos, lane_head, lv)
+            dl = entry[o] + to
+            if dl >= t:
+                break
+            status[o] = 3
+            drop_reason[o] = 3
+            drop_t[o] = dl
+            qlen -= 1
+            lane_count[lv] -= 1
+            if pcap > 0:
+                src_count[src[o]] -= 1
+    return qlen
+
+
+@njit(cache=True)
 def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, mean_ns, contention,
               mult, use_mult, emp, emp_len, status, drop_reason, drop_t, batch_of,
-              b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, n_src, arr_q, deadline, dispatch, K, n_dev):
+              b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, n_src, arr_q, deadline, dispatch, K, n_dev,
+              lvl, lcap, ldrop, lto):
     """Run the whole replication; fills the per-request and per-batch arrays, returns the batch count.
 
     ``entry``: entry time (ns) of each request, in queue (position) order; ``timeout`` < 0: none;
@@ -274,7 +361,9 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
     service-time ratios per batch size (row b, first ``emp_len[b]`` entries; empty: not empirical);
     ``src``: each position's source, ``pcap``: the per-source cap (0: none); ``arr_q``: each
     position's arrival time, ``deadline`` < 0: none; ``dispatch``: :func:`_pick`'s policy code,
-    ``K`` instances per device (``n_dev`` devices).
+    ``K`` instances per device (``n_dev`` devices); priority lanes (triton only; none when ``lcap``
+    is empty): ``lvl`` each position's level, per level ``lcap`` the cap (0: none), ``ldrop``
+    on_full drop_oldest, ``lto`` the timeout (0: none).
     """
     INF = np.int64(1) << np.int64(62)
     # per-source bookkeeping (only used with a per-source cap)
@@ -291,6 +380,25 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             src_pos[fill[src[p]]] = p
             fill[src[p]] += 1
     src_head = src_start[:n_src].copy()
+    # priority lanes: each level's positions in order, where its search resumes, how many queued
+    n_lev = lcap.shape[0]
+    lane_count = np.zeros(n_lev, np.int64)
+    lane_head = np.zeros(n_lev, np.int64)
+    lane_pos = np.empty(entry.shape[0] if n_lev > 0 else 0, np.int64)
+    if n_lev > 0:
+        for p in range(entry.shape[0]):
+            if lvl[p] + 1 < n_lev:
+                lane_head[lvl[p] + 1] += 1
+        for k in range(1, n_lev):
+            lane_head[k] += lane_head[k - 1]
+        fill = lane_head.copy()
+        for p in range(entry.shape[0]):
+            lane_pos[fill[lvl[p]]] = p
+            fill[lvl[p]] += 1
+    has_lto = False
+    for lv in range(n_lev):
+        if lto[lv] > 0:
+            has_lto = True
     n = entry.shape[0]
     has_timeout = timeout >= 0
     simple_cap = max_size > 0
@@ -396,11 +504,21 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                 if has_timeout:  # expire(a): deadlines strictly before a
                     head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, a,
                                                   src, src_count, pcap)
-                nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest,
-                                         simple_cap, src, src_count, pcap, src_pos, src_head)
+                if n_lev > 0:
+                    if has_lto:
+                        qlen = _expire_lanes(status, drop_reason, drop_t, entry, qlen, a, src, src_count, pcap,
+                                             lane_count, lane_pos, lane_head, lto)
+                    nxt, qlen = _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
+                                            src_pos, src_head, lvl, lane_count, lane_pos, lane_head, lcap, ldrop)
+                else:
+                    nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size,
+                                             drop_oldest, simple_cap, src, src_count, pcap, src_pos, src_head)
             if has_timeout:  # expire(now)
                 head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, now,
                                               src, src_count, pcap)
+            if has_lto:
+                qlen = _expire_lanes(status, drop_reason, drop_t, entry, qlen, now, src, src_count, pcap,
+                                     lane_count, lane_pos, lane_head, lto)
 
         # ---- dispatch while an instance is idle and a batch is ready
         while n_idle > 0:
@@ -409,7 +527,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             if timer:
                 if deadline >= 0 and c_first < c_last:  # StaleTimerBatcher.ready
                     head, qlen, _ = _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now,
-                                           src, src_count, pcap)
+                                           src, src_count, pcap, lvl, lane_count)
                 while c_first < c_last:
                     lo = c_lo[c_first]
                     hi = c_hi[c_first]
@@ -431,11 +549,24 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                     want, head = _due(status, entry, head, qlen, B, D, preferred, now)
                     while deadline >= 0 and want > 0:  # StaleTritonBatcher.ready: purge, then the rule again
                         head, qlen, dropped = _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now,
-                                                     src, src_count, pcap)
+                                                     src, src_count, pcap, lvl, lane_count)
                         if dropped == 0:
                             break
                         want, head = _due(status, entry, head, qlen, B, D, preferred, now)
-                    if want > 0:
+                    if want > 0 and n_lev > 0:  # LaneQueue.take: the highest level first, FIFO within
+                        for lv in range(n_lev):
+                            while k < want and lane_count[lv] > 0:
+                                p = _lane_oldest(status, lane_pos, lane_head, lv)
+                                status[p] = 2
+                                batch_of[p] = nb
+                                k += 1
+                                lane_count[lv] -= 1
+                                if pcap > 0:
+                                    src_count[src[p]] -= 1
+                            if k == want:
+                                break
+                        qlen -= k
+                    elif want > 0:
                         head = _oldest(status, head)
                         p = head
                         while k < want:
@@ -706,11 +837,15 @@ class FastEngine:
         qc = scenario.queue
         self.timeout_ns = int(round(qc.timeout_ms * 1e6)) if qc.timeout_ms > 0 else -1
         self.deadline_ns = int(round(qc.deadline_ms * 1e6)) if qc.deadline_ms > 0 else -1
+        levels = scenario.priority.levels if scenario.priority is not None else []
+        self.lcap = np.array([lv.max_size for lv in levels], np.int64)
+        self.ldrop = np.array([lv.on_full == "drop_oldest" for lv in levels], np.bool_)
+        self.lto = np.array([int(round(lv.timeout_ms * 1e6)) for lv in levels], np.int64)
         # Triton batching where nothing in the queue is ever dropped runs without the event queue
         # (_triton_direct); stride drops happen before the queue, so they do not count. Deadlines
         # drop at batch decisions: the event loop's path.
         self.direct = (b.mode == "triton" and qc.max_size == 0 and self.timeout_ns < 0
-                       and qc.per_source_max_size == 0 and self.deadline_ns < 0)
+                       and qc.per_source_max_size == 0 and self.deadline_ns < 0 and not levels)
 
     def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
         if self.fallback is not None:
@@ -765,12 +900,14 @@ class FastEngine:
             pcap = qc.per_source_max_size
             src = arrivals.source.astype(np.int64) if order is None else arrivals.source[order].astype(np.int64)
             arr_q = np.ascontiguousarray(arrival_ns if order is None else arrival_ns[order])
+            lvl = (arrivals.priority if order is None else arrivals.priority[order]).astype(np.int64)
             nb = _simulate(entry_q, b.mode == "timer", b.max_batch_size, self.delay_ns,
                            self.preferred, qc.max_size, qc.on_full == "drop_oldest", self.timeout_ns,
                            sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
                            self.emp, self.emp_len, status, drop_reason, drop_t, batch_of,
                            b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, max(arrivals.n_sources, 1),
-                           arr_q, self.deadline_ns, self.dispatch, self.per_device, self.n_dev)
+                           arr_q, self.deadline_ns, self.dispatch, self.per_device, self.n_dev,
+                           lvl, self.lcap, self.ldrop, self.lto)
         if order is not None:  # back to every request: the skipped ones are stride drops at arrival
             skipped = np.ones(n, bool)
             skipped[order] = False
@@ -810,6 +947,8 @@ class FastEngine:
             done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
             latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
         extras = {}
+        if sc.priority is not None:  # each request's level, as the SimPy engine keeps it
+            extras["priority"] = arr.priority
         if server_ns is not None:  # the response crosses the link back: as the SimPy engine does
             extras["network"] = respond(sc, done, server_ns, arrival)
             latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
