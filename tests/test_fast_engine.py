@@ -25,7 +25,7 @@ PER_BATCH = ("batch_start", "batch_end", "batch_size_by_batch", "batch_instance"
 
 
 def run_both(sc, seed=0):
-    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng([seed, 1]), sc.base_dir)
+    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng([seed, 1]), sc.base_dir, sc.priority)
     ref = SimPyEngine(sc).run(arr, np.random.default_rng([seed, 2]))
     fast = FastEngine(sc, fallback=False).run(arr, np.random.default_rng([seed, 2]))
     return ref, fast
@@ -41,8 +41,8 @@ def assert_same(ref, fast):
 # --------------------------------------------------------------------------- built-in scenarios
 
 
-# Instance-side policies (devices, dispatch, autoscale) and closed loops run on SimPy only.
-SIMPY_ONLY = {"traffic-ramp-autoscale": ["devices", "autoscale"],
+# Autoscaling and closed loops run on SimPy only.
+SIMPY_ONLY = {"traffic-ramp-autoscale": ["autoscale"],
               "robot-control-loop": ["closed-loop clients (arrivals.process closed)"]}
 
 
@@ -114,9 +114,11 @@ def _num(lo, hi):
 
 
 @st.composite
-def scenarios(draw, direct=False):
+def scenarios(draw, direct=False, deadline=False, devices=False, priority=False):
     """A random scenario the fast engine supports; ``direct``: triton batching with nothing ever
-    dropped (no cap, no timeout), which the fast engine runs without its event queue."""
+    dropped (no cap, no timeout), which the fast engine runs without its event queue;
+    ``deadline``: with ``queue.deadline_ms``; ``devices``: several devices and a dispatch policy;
+    ``priority``: priority lanes (triton), each level with its own cap, on_full and timeout."""
     B = draw(st.integers(1, 8))
     sizes = sorted({1, B} | set(draw(st.lists(st.integers(1, B), max_size=3))))
     ms, curve = draw(_num(0.5, 20)), {}
@@ -128,10 +130,17 @@ def scenarios(draw, direct=False):
     if cv is None:
         cv = draw(_num(0.05, 1.5))
     instances = draw(st.integers(1, 3))
+    policies = {}
+    if devices:  # G devices x K instances; contention counts the busy instances on one device
+        G, K = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        instances = G * K
+        policies = {"devices": {"count": G, "instances_per_device": K},
+                    "dispatch": draw(st.sampled_from(["lowest_index", "round_robin", "least_loaded"]))}
+    per_device = policies["devices"]["instances_per_device"] if devices else instances
     contention = {}
-    if instances > 1 and draw(st.booleans()):
-        contention = {k: round(draw(_num(1.0, 2.0)), 3) for k in range(2, instances + 1)}
-    mode = "triton" if direct else draw(st.sampled_from(["triton", "timer"]))
+    if per_device > 1 and draw(st.booleans()):
+        contention = {k: round(draw(_num(1.0, 2.0)), 3) for k in range(2, per_device + 1)}
+    mode = "triton" if direct or priority else draw(st.sampled_from(["triton", "timer"]))
     preferred = []
     if mode == "triton" and B > 1 and draw(st.booleans()):
         preferred = draw(st.lists(st.integers(1, B), max_size=3, unique=True))
@@ -155,6 +164,19 @@ def scenarios(draw, direct=False):
     if process == "streams":  # per-camera caps and stride only mean something with cameras
         cams_queue = {"stride": draw(st.sampled_from([1, 1, 2, 3])),
                       "per_source_max_size": 0 if direct else draw(st.sampled_from([0, 0, 1, 2, 4]))}
+    if priority:  # the overall cap, timeout and on_full move to the levels
+        nlev = draw(st.integers(1, 3))
+        weights = [draw(st.integers(1, 5)) for _ in range(nlev)]
+        levels = [{"max_size": draw(st.one_of(st.just(0), st.integers(1, 20))),
+                   "timeout_ms": draw(st.one_of(st.just(0.0), _num(1, 150))),
+                   "on_full": draw(st.sampled_from(["reject", "drop_oldest"]))} for _ in range(nlev)]
+        if process == "streams":
+            arrivals["streams"] = [{**arrivals["streams"][0], "count": 1, "priority": draw(st.integers(0, nlev - 1))}
+                                   for _ in range(arrivals["streams"][0]["count"])]
+        else:
+            for lv, w in zip(levels, weights):
+                lv["share"] = w / sum(weights)
+        policies["priority"] = {"levels": levels}
     data = {
         "name": "fast-vs-simpy",
         "arrivals": arrivals,
@@ -163,10 +185,12 @@ def scenarios(draw, direct=False):
                     "preprocess": stage(), "postprocess": stage(), "contention": contention},
         "batching": {"mode": mode, "max_batch_size": B, "max_queue_delay_ms": draw(_num(0, 20)),
                      "preferred_batch_sizes": preferred},
-        "instances": instances,
-        "queue": {"max_size": 0 if direct else draw(st.one_of(st.just(0), st.integers(1, 30))),
-                  "timeout_ms": 0.0 if direct else draw(st.one_of(st.just(0.0), _num(1, 150))),
-                  "on_full": draw(st.sampled_from(["reject", "drop_oldest"])), **cams_queue},
+        "instances": instances, **policies,
+        "queue": {"max_size": 0 if direct or priority else draw(st.one_of(st.just(0), st.integers(1, 30))),
+                  "timeout_ms": 0.0 if direct or priority else draw(st.one_of(st.just(0.0), _num(1, 150))),
+                  "on_full": "reject" if priority else draw(st.sampled_from(["reject", "drop_oldest"])),
+                  **cams_queue,
+                  "deadline_ms": draw(_num(0.5, 150)) if deadline else 0.0},
         "run": {"requests": draw(st.integers(300, 3000)), "warmup_requests": draw(st.integers(0, 100)),
                 "replications": 1},
     }
@@ -192,81 +216,144 @@ def test_random_drop_free_triton_scenarios_identical(case):
     assert_same(ref, fast)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(deadline=True))
+def test_random_deadline_scenarios_identical(case):
+    # queue.deadline_ms: stale drops at batch decisions, with every other queue feature around.
+    sc, seed = case
+    assert unsupported_features(sc) == [] and not FastEngine(sc).direct
+    ref, fast = run_both(sc, seed)
+    assert_same(ref, fast)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(devices=True))
+def test_random_device_scenarios_identical(case):
+    # devices x instances, the three dispatch policies, per-device contention (event-queue path).
+    sc, seed = case
+    assert unsupported_features(sc) == []
+    ref, fast = run_both(sc, seed)
+    assert_same(ref, fast)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(direct=True, devices=True))
+def test_random_drop_free_device_scenarios_identical(case):
+    # The same on the direct path: the dispatch policy picks among the instances idle at T.
+    sc, seed = case
+    assert FastEngine(sc).direct
+    ref, fast = run_both(sc, seed)
+    assert_same(ref, fast)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(priority=True, deadline=True))
+def test_random_priority_scenarios_identical(case):
+    # priority lanes (per-level caps, on_full, timeouts; camera levels or shares), with deadlines.
+    sc, seed = case
+    assert unsupported_features(sc) == [] and not FastEngine(sc).direct
+    ref, fast = run_both(sc, seed)
+    assert_same(ref, fast)
+    np.testing.assert_array_equal(fast.extras["priority"], ref.extras["priority"])
+
+
 def test_direct_path_is_only_taken_when_nothing_can_be_dropped():
     assert FastEngine(load_scenario("mini-challenge")).direct
-    for o in ("queue.max_size=5", "queue.timeout_ms=50", "batching.mode=timer"):
+    assert FastEngine(load_scenario("mini-challenge", ["devices.count=2", "dispatch=least_loaded"])).direct
+    for o in ("queue.max_size=5", "queue.timeout_ms=50", "batching.mode=timer", "queue.deadline_ms=100",
+              "priority.levels=[{share: 0.5}, {share: 0.5}]"):
         assert not FastEngine(load_scenario("mini-challenge", [o])).direct, o
 
 
-# --------------------------------------------------------------------------- support and fallback
+# --------------------------------------------------------------------------- deadlines, devices
 
 
-def test_every_scenario_feature_is_supported():
-    for name in builtin.names():
-        assert unsupported_features(load_scenario(name)) == SIMPY_ONLY.get(name, []), name
-
-
-def test_an_unsupported_feature_falls_back_to_simpy_or_refuses(monkeypatch):
-    # No feature of today's scenario model is missing from the fast engine; the fallback path is
-    # for the next one, so a stand-in feature is declared here.
-    import capsim.sim.fast as fast_mod
-    from capsim.simulate import simulate
-
-    monkeypatch.setattr(fast_mod, "unsupported_features", lambda sc: ["queue.some_new_policy"])
-    sc = load_scenario("mini-challenge", ["run.requests=3000", "run.replications=1"])
-    with pytest.raises(ValueError, match="some_new_policy"):
-        FastEngine(sc, fallback=False)
-    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng(5), sc.base_dir)
-    fb = FastEngine(sc)
-    assert fb.fallback is not None
-    assert_same(SimPyEngine(sc).run(arr, np.random.default_rng(6)), fb.run(arr, np.random.default_rng(6)))
-    assert simulate(sc, engine="auto").engine == "simpy"
-
-
-def test_rounding_matches_python_round():
-    """The compiled loop rounds service times with np.rint: half to even, like Python's round()."""
-    from numba import njit
-
-    @njit
-    def rint(x):
-        return np.int64(np.rint(x))
-
-    for x in (0.5, 1.5, 2.5, 2.4999999999999996, 1e6 + 0.5, 1e6 + 1.5, 12345678.5, 7.500000000000001):
-        assert rint(x) == round(x)
-
-
-def test_engine_choice_auto_simpy_fast():
-    from capsim.simulate import simulate
-
-    sc = load_scenario("mini-challenge", ["run.requests=6000", "run.replications=2"])
-    auto, ref = simulate(sc, engine="auto"), simulate(sc, engine="simpy")
-    assert (auto.engine, ref.engine) == ("fast", "simpy")
-    a, r = auto.to_dict(), ref.to_dict()
-    a.pop("engine"), r.pop("engine")
-    assert a == r  # same numbers, whichever engine ran
-    cams = load_scenario("example-2-multi-camera", ["run.requests=3000", "run.replications=1"])
-    assert simulate(cams, engine="auto").engine == "fast"  # per-camera caps included
-
-
-def test_engine_fast_refuses_what_it_cannot_model(monkeypatch):
-    from capsim.errors import CapsimError
-    from capsim.simulate import simulate
-    import capsim.sim.fast as fast_mod
-
-    monkeypatch.setattr(fast_mod, "unsupported_features", lambda sc: ["queue.some_new_policy"])
-    sc = load_scenario("mini-challenge", ["run.requests=3000", "run.replications=1"])
-    with pytest.raises(CapsimError, match="--engine fast: the fast engine does not model queue.some_new_policy"):
-        simulate(sc, engine="fast")
-
-
-def test_zero_length_batches_leave_the_direct_path_and_still_match():
-    # 0.0000004 ms rounds to 0 ns: an instance is free again in the instant it started, an ordering
-    # only the event queue gets right, so the fast engine switches to it for this run.
-    sc = parse_scenario({"arrivals": {"process": "constant", "rate_rps": 1000},
-                         "service": {"batch_latency_ms": {1: 0.0000004, 2: 0.0000004}},
-                         "batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}, "instances": 2,
-                         "run": {"requests": 500, "warmup_requests": 0, "replications": 1}})
-    assert FastEngine(sc).direct
-    ref, fast = run_both(sc, 3)
+@pytest.mark.parametrize("overrides", [
+    ["queue.deadline_ms=20"],
+    ["queue.deadline_ms=20", "batching.mode=timer"],
+    ["queue.deadline_ms=12.5", "batching.preferred_batch_sizes=[2, 4]", "instances=2", "service.contention={2: 1.4}"],
+    ["queue.deadline_ms=30", "queue.max_size=40", "queue.on_full=drop_oldest", "queue.timeout_ms=60"],
+    ["queue.deadline_ms=25", "batching.mode=timer", "queue.timeout_ms=40", "service.preprocess.ms=2",
+     "service.preprocess.workers=1"],
+    ["queue.deadline_ms=15", "network.bandwidth_mbps=1000", "network.payload=jpeg"],
+])
+def test_deadlines_identical_and_stale_drops_are_exact(overrides):
+    sc = load_scenario("mini-challenge", ["run.requests=20000", "arrivals.rate_rps=400"] + overrides)
+    ref, fast = run_both(sc, seed=11)
     assert_same(ref, fast)
-    assert (ref.end == ref.start).all()
+    dl = sc.queue.deadline_ms / 1000.0
+    stale = fast.drop_reason == 5
+    assert stale.sum() > 100  # overloaded: the deadline bites
+    assert ((fast.drop_t[stale] - fast.arrival[stale]) > dl - 1e-12).all()  # strictly older than the deadline
+    served = fast.drop_reason == 0
+    # a served request's batch started no later than its arrival + deadline (the purge at the start)
+    assert ((fast.start[served] - fast.arrival[served]) <= dl + 1e-12).all()
+
+
+def test_deadlines_with_camera_caps_and_stride():
+    sc = load_scenario("example-2-multi-camera", ["run.requests=20000", "arrivals.streams.0.fps=250", "queue.stride=2",
+                                                  "queue.per_source_max_size=1", "queue.on_full=drop_oldest",
+                                                  "queue.deadline_ms=40"])
+    ref, fast = run_both(sc, seed=4)
+    assert_same(ref, fast)
+    assert {2, 4, 5} <= set(np.unique(fast.drop_reason).tolist())
+
+
+@pytest.mark.parametrize("dispatch", ["lowest_index", "round_robin", "least_loaded"])
+@pytest.mark.parametrize("extra", [[], ["queue.max_size=6"], ["batching.mode=timer"]])
+def test_devices_and_dispatch_identical(dispatch, extra):
+    sc = load_scenario("mini-challenge", ["run.requests=20000", "arrivals.rate_rps=450", "devices.count=2",
+                                          "devices.instances_per_device=2", f"dispatch={dispatch}",
+                                          "service.contention={2: 1.5}"] + extra)
+    assert FastEngine(sc).direct == (not extra)
+    ref, fast = run_both(sc, seed=5)
+    assert_same(ref, fast)
+    assert set(fast.batch_instance.tolist()) == {0, 1, 2, 3}
+
+
+def test_contention_is_per_device():
+    # One instance per device: never two busy on a device, so no batch is slowed down, however
+    # loaded; the same two instances on one device share it and slow each other (factor 3).
+    from capsim.service import ServiceCurve
+
+    base = ["run.requests=5000", "arrivals.rate_rps=300", "service.contention={2: 3.0}", "dispatch=round_robin"]
+    sc = load_scenario("mini-challenge", base + ["devices.count=2", "devices.instances_per_device=1"])
+    ref, fast = run_both(sc, seed=2)
+    assert_same(ref, fast)
+    curve_s = ServiceCurve(sc.service.curve_ms(), sc.batching.max_batch_size).seconds
+    assert set(fast.batch_instance.tolist()) == {0, 1}
+    np.testing.assert_allclose(fast.batch_end - fast.batch_start, curve_s[fast.batch_size_by_batch], atol=1e-9)
+    shared = run_both(load_scenario("mini-challenge", base + ["instances=2"]), seed=2)[1]
+    slowdown = (shared.batch_end - shared.batch_start) / curve_s[shared.batch_size_by_batch]
+    assert slowdown.max() == pytest.approx(3.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("levels, extra", [
+    ("[{share: 0.2}, {share: 0.8, max_size: 64}]", []),
+    ("[{share: 0.3, max_size: 8, on_full: drop_oldest}, {share: 0.7, max_size: 20, timeout_ms: 40}]", []),
+    ("[{share: 0.3, timeout_ms: 25}, {share: 0.5, max_size: 10, on_full: drop_oldest}, {share: 0.2, timeout_ms: 60}]",
+     ["queue.deadline_ms=50", "devices.count=2", "dispatch=least_loaded", "service.contention={2: 1.3}"]),
+])
+def test_priority_lanes_identical(levels, extra):
+    sc = load_scenario("mini-challenge", ["run.requests=20000", "arrivals.rate_rps=300", f"priority.levels={levels}"]
+                       + extra)
+    ref, fast = run_both(sc, seed=7)
+    assert_same(ref, fast)
+    lvl = fast.extras["priority"]
+    np.testing.assert_array_equal(lvl, ref.extras["priority"])
+    done = fast.drop_reason == 0
+    if "timeout" in levels or extra:  # drops bias who is left: compare the levels only without them
+        assert (fast.drop_reason > 0).any()
+        return
+    # level 0 goes first: it waits less than level 1
+    assert np.percentile(fast.latency_ms[done & (lvl == 0)], 95) < np.percentile(fast.latency_ms[done & (lvl == 1)], 95)
+
+
+def test_priority_lanes_on_camera_streams_with_per_camera_caps():
+    sc = load_scenario("example-2-multi-camera", [
+        "run.requests=20000", "arrivals.streams.0.fps=250", "arrivals.streams.0.priority=1",
+        "priority.levels=[{max_size: 4, on_full: drop_oldest}, {max_size: 6, timeout_ms: 300}]",
+        "queue.per_source_max_size=2", "queue.on_full=reject", "queue.max_size=0", "queue.timeout_ms=0"])
+    ref, fast = run_both(sc, seed=9)
+    assert_same(ref, fast)
+    assert (fast.drop_reason > 0).any()

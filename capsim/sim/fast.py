@@ -10,8 +10,10 @@ Supported: everything the scenario model has today: one queue, triton batching (
 drop_oldest, overall and per source), queue timeouts, stride, per-request overhead, pre/post
 stages and service variability (none, exponential, gamma, lognormal, empirical: the draws are
 made up front from the service generator in the SimPy engine's chunks of 4096 and consumed in
-batch-dispatch order). Triton batching with nothing dropped in the queue skips the event queue
-altogether (:func:`_triton_direct`). A feature listed by :func:`unsupported_features` makes
+batch-dispatch order), and the production policies of :mod:`capsim.sim.lanes` and
+:mod:`capsim.sim.devices`: priority lanes, deadlines (stale drops), several devices with
+per-device contention and the dispatch policies. Triton batching with nothing dropped in the
+queue and no lanes skips the event queue altogether (:func:`_triton_direct`). A feature listed by :func:`unsupported_features` makes
 :class:`FastEngine` hand the scenario to :class:`~capsim.sim.engine.SimPyEngine` (or refuse it
 with ``fallback=False``).
 """
@@ -22,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from capsim.arrivals import ArrivalStream
-from capsim.config import Scenario
+from capsim.config import Scenario, busy_per_device
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim.engine import _DRAW_CHUNK, NS, ReplicationTrace, SimPyEngine
 from capsim.sim.network import queue_entry, respond
@@ -31,20 +33,18 @@ from capsim.sim.stages import fifo_pool
 # Request status, as in capsim.sim.queue.
 _PENDING, _QUEUED, _DISPATCHED, _DROPPED = 0, 1, 2, 3
 # Drop reasons, as in capsim.sim.queue.DROP_REASONS.
-_REJECTED, _DROPPED_OLDEST, _TIMEOUT, _STRIDE = 1, 2, 3, 4
+_REJECTED, _DROPPED_OLDEST, _TIMEOUT, _STRIDE, _STALE = 1, 2, 3, 4, 5
+# Dispatch policies (capsim.sim.devices), by code.
+_DISPATCH = {"lowest_index": 0, "round_robin": 1, "least_loaded": 2}
 
 
 def unsupported_features(sc: Scenario) -> list[str]:
-    """What in ``sc`` the fast engine cannot run (empty when it can: today it runs every feature
-    of the scenario model; new features start on the SimPy engine and are listed here)."""
+    """What in ``sc`` the fast engine cannot run (empty when it can); those scenarios run on the
+    SimPy engine."""
     q = sc.queue
     checks = [
-        ("priority", sc.priority is not None),
-        ("queue.deadline_ms", q.deadline_ms > 0),
         ("queue.degrade", q.degrade is not None),
         ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed"),
-        ("devices", sc.devices is not None),
-        ("dispatch", sc.dispatch != "lowest_index"),
         ("autoscale", sc.autoscale is not None),
     ]
     return [name for name, used in checks if used]
@@ -205,15 +205,165 @@ def _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldes
 
 
 @njit(cache=True)
+def _due(status, entry, head, qlen, B, D, preferred, now):
+    """TritonBatcher.due: the size of the batch due now (0: none); returns it and the new head."""
+    if qlen == 0:
+        return 0, head
+    if qlen >= B:
+        return B, head
+    head = _oldest(status, head)
+    if now >= entry[head] + D:
+        return qlen, head
+    for j in range(preferred.shape[0]):
+        if preferred[j] <= qlen:
+            return preferred[j], head
+    return 0, head
+
+
+@njit(cache=True)
+def _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now, src, src_count, pcap, lvl, lane_count):
+    """StaleDrop.purge: drop queued requests with arrival + deadline < now, oldest first.
+
+    Returns the new (head, qlen) and how many were dropped.
+    """
+    k = 0
+    while qlen > 0:
+        head = _oldest(status, head)
+        if arr_q[head] + deadline >= now:
+            break
+        status[head] = 3
+        drop_reason[head] = 5
+        drop_t[head] = now
+        qlen -= 1
+        k += 1
+        if pcap > 0:
+            src_count[src[head]] -= 1
+        if lane_count.shape[0] > 0:
+            lane_count[lvl[head]] -= 1
+    return head, qlen, k
+
+
+@njit(cache=True)
+def _pick(idle, busy_on, K, dispatch, last):
+    """The idle instance that gets the next batch (capsim.sim.devices): 0 lowest index, 1 round
+    robin (the next idle one after ``last``, cyclically), 2 least loaded (fewest busy on its
+    device, ties: lowest index)."""
+    N = idle.shape[0]
+    if dispatch == 1:
+        for j in range(1, N + 1):
+            i = (last + j) % N
+            if idle[i]:
+                return i
+    elif dispatch == 2:
+        best = -1
+        for i in range(N):
+            if idle[i] and (best < 0 or busy_on[i // K] < busy_on[best // K]):
+                best = i
+        return best
+    i = 0
+    while not idle[i]:
+        i += 1
+    return i
+
+
+@njit(cache=True)
+def _lane_oldest(status, lane_pos, lane_head, lv):
+    """LaneQueue.oldest_in_lane: position of level ``lv``'s oldest queued request (it must have one)."""
+    h = lane_head[lv]
+    while status[lane_pos[h]] != 1:
+        h += 1
+    lane_head[lv] = h
+    return lane_pos[h]
+
+
+@njit(cache=True)
+def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap, src_pos, src_head,
+                lvl, lane_count, lane_pos, lane_head, lcap, ldrop):
+    """LaneAdmission.admit_next: the per-source cap, then the arrival's own level's cap, each with
+    that level's on_full. Returns the new (nxt, qlen)."""
+    lv = lvl[nxt]
+    if pcap > 0:
+        sid = src[nxt]
+        if src_count[sid] >= pcap:
+            if ldrop[lv]:  # evict the source's oldest queued request (any level)
+                h = src_head[sid]
+                while status[src_pos[h]] != 1:
+                    h += 1
+                src_head[sid] = h
+                o = src_pos[h]
+                status[o] = 3
+                drop_reason[o] = 2
+                drop_t[o] = a
+                qlen -= 1
+                src_count[sid] -= 1
+                lane_count[lvl[o]] -= 1
+            else:
+                status[nxt] = 3
+                drop_reason[nxt] = 1
+                drop_t[nxt] = a
+                return nxt + 1, qlen
+    cap = lcap[lv]
+    if cap > 0 and lane_count[lv] >= cap:
+        if ldrop[lv]:  # evict the oldest queued request of the same level
+            o = _lane_oldest(status, lane_pos, lane_head, lv)
+            status[o] = 3
+            drop_reason[o] = 2
+            drop_t[o] = a
+            qlen -= 1
+            lane_count[lv] -= 1
+            if pcap > 0:
+                src_count[src[o]] -= 1
+        else:
+            status[nxt] = 3
+            drop_reason[nxt] = 1
+            drop_t[nxt] = a
+            return nxt + 1, qlen
+    status[nxt] = 1
+    if pcap > 0:
+        src_count[src[nxt]] += 1
+    lane_count[lv] += 1
+    return nxt + 1, qlen + 1
+
+
+@njit(cache=True)
+def _expire_lanes(status, drop_reason, drop_t, entry, qlen, t, src, src_count, pcap, lane_count, lane_pos,
+                  lane_head, lto):
+    """LaneTimeout.expire_before: per level (0 first), drop queued requests whose level's deadline
+    is strictly before ``t``, recorded at that deadline. Returns the new qlen."""
+    for lv in range(lto.shape[0]):
+        to = lto[lv]
+        if to == 0:
+            continue
+        while lane_count[lv] > 0:
+            o = _lane_oldest(status, lane_pos, lane_head, lv)
+            dl = entry[o] + to
+            if dl >= t:
+                break
+            status[o] = 3
+            drop_reason[o] = 3
+            drop_t[o] = dl
+            qlen -= 1
+            lane_count[lv] -= 1
+            if pcap > 0:
+                src_count[src[o]] -= 1
+    return qlen
+
+
+@njit(cache=True)
 def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, mean_ns, contention,
               mult, use_mult, emp, emp_len, status, drop_reason, drop_t, batch_of,
-              b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, n_src):
+              b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, n_src, arr_q, deadline, dispatch, K, n_dev,
+              lvl, lcap, ldrop, lto):
     """Run the whole replication; fills the per-request and per-batch arrays, returns the batch count.
 
     ``entry``: entry time (ns) of each request, in queue (position) order; ``timeout`` < 0: none;
     ``max_size`` 0: no cap; ``preferred``: preferred batch sizes, largest first; ``emp``: measured
     service-time ratios per batch size (row b, first ``emp_len[b]`` entries; empty: not empirical);
-    ``src``: each position's source, ``pcap``: the per-source cap (0: none).
+    ``src``: each position's source, ``pcap``: the per-source cap (0: none); ``arr_q``: each
+    position's arrival time, ``deadline`` < 0: none; ``dispatch``: :func:`_pick`'s policy code,
+    ``K`` instances per device (``n_dev`` devices); priority lanes (triton only; none when ``lcap``
+    is empty): ``lvl`` each position's level, per level ``lcap`` the cap (0: none), ``ldrop``
+    on_full drop_oldest, ``lto`` the timeout (0: none).
     """
     INF = np.int64(1) << np.int64(62)
     # per-source bookkeeping (only used with a per-source cap)
@@ -230,6 +380,25 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             src_pos[fill[src[p]]] = p
             fill[src[p]] += 1
     src_head = src_start[:n_src].copy()
+    # priority lanes: each level's positions in order, where its search resumes, how many queued
+    n_lev = lcap.shape[0]
+    lane_count = np.zeros(n_lev, np.int64)
+    lane_head = np.zeros(n_lev, np.int64)
+    lane_pos = np.empty(entry.shape[0] if n_lev > 0 else 0, np.int64)
+    if n_lev > 0:
+        for p in range(entry.shape[0]):
+            if lvl[p] + 1 < n_lev:
+                lane_head[lvl[p] + 1] += 1
+        for k in range(1, n_lev):
+            lane_head[k] += lane_head[k - 1]
+        fill = lane_head.copy()
+        for p in range(entry.shape[0]):
+            lane_pos[fill[lvl[p]]] = p
+            fill[lvl[p]] += 1
+    has_lto = False
+    for lv in range(n_lev):
+        if lto[lv] > 0:
+            has_lto = True
     n = entry.shape[0]
     has_timeout = timeout >= 0
     simple_cap = max_size > 0
@@ -250,7 +419,8 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
     idle = np.ones(N, np.bool_)
     n_idle = N
     idle_since = np.zeros(N, np.int64)
-    busy = 0
+    busy_on = np.zeros(n_dev, np.int64)
+    last = -1
     wake_pending = INF
     nb = 0
     mpos = 0
@@ -279,7 +449,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
             if now >= wake_pending:
                 wake_pending = INF
         else:  # _on_done
-            busy -= 1
+            busy_on[v // K] -= 1
             idle[v] = True
             n_idle += 1
             idle_since[v] = now
@@ -334,17 +504,30 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                 if has_timeout:  # expire(a): deadlines strictly before a
                     head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, a,
                                                   src, src_count, pcap)
-                nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldest,
-                                         simple_cap, src, src_count, pcap, src_pos, src_head)
+                if n_lev > 0:
+                    if has_lto:
+                        qlen = _expire_lanes(status, drop_reason, drop_t, entry, qlen, a, src, src_count, pcap,
+                                             lane_count, lane_pos, lane_head, lto)
+                    nxt, qlen = _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
+                                            src_pos, src_head, lvl, lane_count, lane_pos, lane_head, lcap, ldrop)
+                else:
+                    nxt, qlen, head = _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size,
+                                             drop_oldest, simple_cap, src, src_count, pcap, src_pos, src_head)
             if has_timeout:  # expire(now)
                 head, qlen = _expire_before(status, drop_reason, drop_t, entry, head, qlen, timeout, now,
                                               src, src_count, pcap)
+            if has_lto:
+                qlen = _expire_lanes(status, drop_reason, drop_t, entry, qlen, now, src, src_count, pcap,
+                                     lane_count, lane_pos, lane_head, lto)
 
         # ---- dispatch while an instance is idle and a batch is ready
         while n_idle > 0:
             k = 0
             mark = 0
             if timer:
+                if deadline >= 0 and c_first < c_last:  # StaleTimerBatcher.ready
+                    head, qlen, _ = _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now,
+                                           src, src_count, pcap, lvl, lane_count)
                 while c_first < c_last:
                     lo = c_lo[c_first]
                     hi = c_hi[c_first]
@@ -363,19 +546,27 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                         break
             else:
                 if qlen > 0:
-                    want = 0
-                    if qlen >= B:
-                        want = B
-                    else:
-                        head = _oldest(status, head)
-                        if now >= entry[head] + D:
-                            want = qlen
-                        else:
-                            for j in range(npref):
-                                if preferred[j] <= qlen:
-                                    want = preferred[j]
-                                    break
-                    if want > 0:
+                    want, head = _due(status, entry, head, qlen, B, D, preferred, now)
+                    while deadline >= 0 and want > 0:  # StaleTritonBatcher.ready: purge, then the rule again
+                        head, qlen, dropped = _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now,
+                                                     src, src_count, pcap, lvl, lane_count)
+                        if dropped == 0:
+                            break
+                        want, head = _due(status, entry, head, qlen, B, D, preferred, now)
+                    if want > 0 and n_lev > 0:  # LaneQueue.take: the highest level first, FIFO within
+                        for lv in range(n_lev):
+                            while k < want and lane_count[lv] > 0:
+                                p = _lane_oldest(status, lane_pos, lane_head, lv)
+                                status[p] = 2
+                                batch_of[p] = nb
+                                k += 1
+                                lane_count[lv] -= 1
+                                if pcap > 0:
+                                    src_count[src[p]] -= 1
+                            if k == want:
+                                break
+                        qlen -= k
+                    elif want > 0:
                         head = _oldest(status, head)
                         p = head
                         while k < want:
@@ -389,12 +580,12 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                         qlen -= k
             if k == 0:
                 break
-            inst = 0
-            while not idle[inst]:
-                inst += 1
+            inst = _pick(idle, busy_on, K, dispatch, last)
+            last = inst
             idle[inst] = False
             n_idle -= 1
-            busy += 1
+            busy_on[inst // K] += 1
+            busy = busy_on[inst // K]
             if use_mult:
                 m = mult[mpos]
                 mpos += 1
@@ -442,14 +633,15 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
 
 @njit(cache=True)
 def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mult, emp, emp_len,
-                   batch_of, b_dispatch, b_end, b_size, b_inst, b_mark):
+                   batch_of, b_dispatch, b_end, b_size, b_inst, b_mark, dispatch, K, n_dev):
     """_simulate for triton batching with no queue cap and no timeout, without an event queue.
 
     Nothing is dropped then, so the queue is every request from the head on, and the batch headed
     by request h is ready at R = min(entry[h] + D, entry[h + B - 1], entry[h + pmin - 1]) (due,
     full, smallest preferred size). It starts at the first instant T >= R at which an instance is
     idle, never before the previous dispatch: the moment the event loop would decide it. At T the
-    instance is the lowest-numbered idle one and the batch takes what _simulate's decision takes.
+    dispatch policy picks among the instances idle at T (:func:`_pick`), its contention counts the
+    busy instances on its device, and the batch takes what _simulate's decision takes.
     Returns the batch count, or -1 when a batch would take 0 ns (an instance that is free again in
     the same instant it started is ordered by the event queue; _simulate handles that).
     """
@@ -457,6 +649,9 @@ def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mul
     npref = preferred.shape[0]
     pmin = preferred[npref - 1] if npref > 0 else 0
     free = np.zeros(N, np.int64)  # when each instance last became idle (0: from the start)
+    idle = np.empty(N, np.bool_)
+    busy_on = np.zeros(n_dev, np.int64)
+    prev = -1
     h = 0
     nb = 0
     mpos = 0
@@ -491,11 +686,18 @@ def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mul
                 if preferred[j] <= q:
                     k = preferred[j]
                     break
-        inst = 0
-        while free[inst] > t:
-            inst += 1
+        for i in range(N):  # idle at t: free again at or before t
+            idle[i] = free[i] <= t
+        if dispatch == 2:
+            busy_on[:] = 0
+            for i in range(N):
+                if not idle[i]:
+                    busy_on[i // K] += 1
+        inst = _pick(idle, busy_on, K, dispatch, prev)
+        prev = inst
+        d = inst // K
         busy = 1
-        for i in range(N):
+        for i in range(d * K, min(d * K + K, N)):
             if free[i] > t:
                 busy += 1
         if use_mult:
@@ -615,8 +817,12 @@ class FastEngine:
         b = scenario.batching
         self.curve = ServiceCurve(scenario.service.curve_ms(), b.max_batch_size)
         self.mean_ns = np.ascontiguousarray(self.curve.seconds * NS, dtype=np.float64)
-        self.contention = np.ascontiguousarray(contention_table(scenario.service, scenario.instances),
+        # Indexed by the busy instances on the batch's device, as in the SimPy engine.
+        self.contention = np.ascontiguousarray(contention_table(scenario.service, busy_per_device(scenario)),
                                                dtype=np.float64)
+        self.per_device = busy_per_device(scenario)  # K; without devices every instance is on device 0
+        self.n_dev = scenario.devices.count if scenario.devices is not None else 1
+        self.dispatch = _DISPATCH[scenario.dispatch]
         self.sampler = variability_sampler(scenario.service.variability)
         self.emp = np.empty((0, 0), np.float64)  # measured service-time ratios (variability: empirical)
         self.emp_len = np.empty(0, np.int64)
@@ -630,10 +836,16 @@ class FastEngine:
         self.preferred = np.array(sorted(set(b.preferred_batch_sizes), reverse=True), dtype=np.int64)
         qc = scenario.queue
         self.timeout_ns = int(round(qc.timeout_ms * 1e6)) if qc.timeout_ms > 0 else -1
+        self.deadline_ns = int(round(qc.deadline_ms * 1e6)) if qc.deadline_ms > 0 else -1
+        levels = scenario.priority.levels if scenario.priority is not None else []
+        self.lcap = np.array([lv.max_size for lv in levels], np.int64)
+        self.ldrop = np.array([lv.on_full == "drop_oldest" for lv in levels], np.bool_)
+        self.lto = np.array([int(round(lv.timeout_ms * 1e6)) for lv in levels], np.int64)
         # Triton batching where nothing in the queue is ever dropped runs without the event queue
-        # (_triton_direct); stride drops happen before the queue, so they do not count.
+        # (_triton_direct); stride drops happen before the queue, so they do not count. Deadlines
+        # drop at batch decisions: the event loop's path.
         self.direct = (b.mode == "triton" and qc.max_size == 0 and self.timeout_ns < 0
-                       and qc.per_source_max_size == 0)
+                       and qc.per_source_max_size == 0 and self.deadline_ns < 0 and not levels)
 
     def run(self, arrivals: ArrivalStream, service_rng: np.random.Generator) -> ReplicationTrace:
         if self.fallback is not None:
@@ -679,18 +891,23 @@ class FastEngine:
         if self.direct:
             nb = _triton_direct(entry_q, b.max_batch_size, self.delay_ns, self.preferred, sc.instances, self.mean_ns,
                                 self.contention, mult, self.sampler is not None, self.emp, self.emp_len,
-                                batch_of, b_dispatch, b_end, b_size, b_inst, b_mark)
+                                batch_of, b_dispatch, b_end, b_size, b_inst, b_mark, self.dispatch,
+                                self.per_device, self.n_dev)
             if nb < 0:
                 batch_of[:] = -1
         if nb < 0:
             status = np.zeros(nq, np.int8)
             pcap = qc.per_source_max_size
             src = arrivals.source.astype(np.int64) if order is None else arrivals.source[order].astype(np.int64)
+            arr_q = np.ascontiguousarray(arrival_ns if order is None else arrival_ns[order])
+            lvl = (arrivals.priority if order is None else arrivals.priority[order]).astype(np.int64)
             nb = _simulate(entry_q, b.mode == "timer", b.max_batch_size, self.delay_ns,
                            self.preferred, qc.max_size, qc.on_full == "drop_oldest", self.timeout_ns,
                            sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
                            self.emp, self.emp_len, status, drop_reason, drop_t, batch_of,
-                           b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, max(arrivals.n_sources, 1))
+                           b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, max(arrivals.n_sources, 1),
+                           arr_q, self.deadline_ns, self.dispatch, self.per_device, self.n_dev,
+                           lvl, self.lcap, self.ldrop, self.lto)
         if order is not None:  # back to every request: the skipped ones are stride drops at arrival
             skipped = np.ones(n, bool)
             skipped[order] = False
@@ -730,6 +947,8 @@ class FastEngine:
             done[fifo] = fifo_pool(end[fifo], post.ms / 1000.0, post.workers)
             latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
         extras = {}
+        if sc.priority is not None:  # each request's level, as the SimPy engine keeps it
+            extras["priority"] = arr.priority
         if server_ns is not None:  # the response crosses the link back: as the SimPy engine does
             extras["network"] = respond(sc, done, server_ns, arrival)
             latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
