@@ -128,17 +128,18 @@ def test_devices_without_contention_are_mm2():
         "batching": {"max_batch_size": 1}, "devices": {"count": 2, "instances_per_device": 1},
         "dispatch": "least_loaded",
         "run": {"requests": 60_000, "warmup_requests": 2000, "replications": 5, "seed": 7}})
-    res = simulate(sc)
-    assert res.engine == "simpy"
     a = lam / mu
     b = 1.0
     for k in range(1, c + 1):  # Erlang B recursion, then Erlang C
         b = a * b / (k + a * b)
     pw = c * b / (c - a * (1 - b))
     theory_ms = (pw / (c * mu - lam) + 1.0 / mu) * 1000.0
-    assert res.latency_ms["mean"] == pytest.approx(theory_ms, rel=0.03)
-    assert res.littles_law.rel_error < 0.02
-    assert sum(res.policies["devices"]["utilization"]) / 2 == pytest.approx(rho, rel=0.03)
+    for engine in ("simpy", "fast"):
+        res = simulate(sc, engine=engine)
+        assert res.engine == engine
+        assert res.latency_ms["mean"] == pytest.approx(theory_ms, rel=0.03)
+        assert res.littles_law.rel_error < 0.02
+        assert sum(res.policies["devices"]["utilization"]) / 2 == pytest.approx(rho, rel=0.03)
 
 
 # =========================================================================== autoscaling
@@ -358,7 +359,7 @@ def test_policies_are_modelled_and_the_fast_engine_defers_instance_policies():
 
     sc = load_scenario("traffic-ramp-autoscale", ["dispatch=round_robin"])
     assert not_modelled(sc) == []
-    assert unsupported_features(sc) == ["devices", "dispatch", "autoscale"]
+    assert unsupported_features(sc) == ["autoscale"]  # devices and dispatch run on the fast engine too
     assert make_engine(sc, "auto").name == "simpy"
     net = load_scenario("mini-challenge", ["network.bandwidth_mbps=100"])
     assert unsupported_features(net) == [] and make_engine(net, "auto").name == "fast"

@@ -388,10 +388,13 @@ def test_degrade_result_and_text_on_bursty_streams():
 
 
 def test_engines_and_refusals():
-    sc = scenario({"max_batch_size": 2}, queue={"deadline_ms": 50})
-    assert unsupported_features(sc) == ["queue.deadline_ms"]
+    # deadlines (and priority lanes) run on the fast engine; adaptive stride falls back to SimPy
+    assert unsupported_features(scenario({"max_batch_size": 2}, queue={"deadline_ms": 50})) == []
+    sc = scenario({"max_batch_size": 2}, queue={"degrade": {"threshold": 1, "max_stride": 2}},
+                  arrivals={"process": "streams", "streams": [{"count": 2, "fps": 10}]})
+    assert unsupported_features(sc) == ["queue.degrade"]
     assert make_engine(sc).name == "simpy"  # auto falls back
-    with pytest.raises(CapsimError, match="fast engine does not model queue.deadline_ms"):
+    with pytest.raises(CapsimError, match="fast engine does not model queue.degrade"):
         make_engine(sc, "fast")
     assert DROP_REASONS[:5] == ("", "rejected", "dropped_oldest", "timeout", "stride")
     assert DROP_REASONS[5] == "stale"
