@@ -14,6 +14,8 @@ Every request ends in exactly one outcome, counted in ``/metrics``: completed, r
 dropped_oldest, timeout, stale, stride, bad_request, error or shutting_down; received = their sum.
 Requests with a valid priority level are counted by level too (``capsim_requests_by_level_total``);
 with a stride or degradation, each camera's current stride and its frames are exposed.
+With ``--autoscale-max`` the instance count follows utilization (:mod:`capsim.validate.autoscale`):
+a new instance loads its own session on its own thread and serves only after that cold start.
 """
 
 from __future__ import annotations
