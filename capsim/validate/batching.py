@@ -227,6 +227,18 @@ class ServerBatcher:
         heapq.heappush(self.idle, instance)
         self.idle_since[instance] = now
 
+    def add_instance(self, instance: int, now: float) -> None:
+        """A new instance serves from ``now`` (autoscaling: after its cold start)."""
+        if instance >= len(self.idle_since):
+            self.idle_since += [now] * (instance + 1 - len(self.idle_since))
+        self.instances = max(self.instances, instance + 1)
+        self.release(instance, now)
+
+    def remove_idle(self, instance: int) -> None:
+        """An idle instance leaves (autoscaling retired it): it gets no more batches."""
+        self.idle.remove(instance)
+        heapq.heapify(self.idle)
+
     def _take(self, k: int) -> list[Pending]:
         out = []
         lv = 0

@@ -40,6 +40,19 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--preprocess-workers", type=int, default=1, help="threads decoding JPEGs (default 1)")
     s.add_argument("--threads", type=int, help="runtime threads per instance (default: cores / instances)")
     s.add_argument("--input-shape", help="CxHxW for --model-file or noop (default 3x224x224)")
+    s.add_argument("--autoscale-max", type=int, metavar="N", help="autoscale between --autoscale-min and N instances "
+                   "by utilization (--instances is the starting count); off unless given")
+    s.add_argument("--autoscale-min", type=int, metavar="M", help="instances always kept (default: --instances)")
+    s.add_argument("--scale-up-utilization", type=float, metavar="U",
+                   help="start an instance when a window's utilization is above U (default 0.8)")
+    s.add_argument("--scale-down-utilization", type=float, metavar="U",
+                   help="retire an instance when a window's utilization is below U (default 0.3)")
+    s.add_argument("--scale-window-s", type=float, metavar="S",
+                   help="utilization window; a scale decision at the end of each (default 10)")
+    s.add_argument("--noop-ms", type=float, default=0.0, metavar="MS",
+                   help="test aid: the noop model sleeps MS per batch (sets an instance's utilization)")
+    s.add_argument("--noop-load-ms", type=float, default=0.0, metavar="MS",
+                   help="test aid: a noop instance takes MS to load (a stand-in for a model's cold start)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
 
@@ -65,6 +78,13 @@ def cmd_serve(args) -> int:
         raise CapsimError(f"--preprocess-workers: must be >= 1, got {args.preprocess_workers}")
     levels, default_priority = serve_levels(args)
     serve_stride(args)
+    autoscale = serve_autoscale(args)
+    for name in ("noop_ms", "noop_load_ms"):
+        v = getattr(args, name)
+        if not 0 <= v < float("inf"):
+            raise CapsimError(f"--{name.replace('_', '-')}: must be ms >= 0, got {v:g}")
+        if v and args.model != "noop":
+            raise CapsimError(f"--{name.replace('_', '-')}: only applies to --model noop; remove it")
     if not 0 <= args.port < 65536:
         raise CapsimError(f"--port: must be 0..65535, got {args.port}")
     try:
@@ -81,16 +101,19 @@ def cmd_serve(args) -> int:
     print(f"capsim serve: loading {args.model or args.model_file} ({args.backend}, {args.device}, {args.precision}) "
           f"x {args.instances} instance(s)", file=sys.stderr, flush=True)
     host = load_model(args.model, args.model_file, args.backend, args.device, args.precision, args.instances,
-                      args.threads, shape)
+                      args.threads, shape, noop_ms=args.noop_ms, noop_load_ms=args.noop_load_ms)
 
     async def main() -> None:
         server = InferenceServer(host, args.max_batch_size, args.max_queue_delay_ms, args.instances, preferred,
                                  args.queue_max_size, args.per_source_max_size, args.on_full or "reject",
                                  args.queue_timeout_ms or 0.0, args.preprocess_workers, levels, default_priority,
-                                 args.deadline_ms, args.stride, args.degrade_threshold, args.degrade_max_stride)
+                                 args.deadline_ms, args.stride, args.degrade_threshold, args.degrade_max_stride,
+                                 autoscale, log=lambda line: print(line, file=sys.stderr, flush=True))
         await serve(server, args.host, args.port,
                     ready=lambda url: print(f"capsim serve: listening on {url} (max batch {args.max_batch_size}, "
-                                            f"delay {args.max_queue_delay_ms:g} ms, {args.instances} instance(s))",
+                                            f"delay {args.max_queue_delay_ms:g} ms, {args.instances} instance(s)"
+                                            + (f", autoscaling {autoscale['min_instances']}..{autoscale['max_instances']}"
+                                               if autoscale else "") + ")",
                                             flush=True))
         c = server.counts
         print(f"capsim serve: stopped; received {server.received}, " + ", ".join(f"{k} {v}" for k, v in c.items()),
@@ -157,6 +180,38 @@ def serve_levels(args):
     if not 0 <= default < n:
         raise CapsimError(f"--default-priority: must be a level 0..{n - 1}, got {default}")
     return list(zip(sizes, fulls, timeouts)), default
+
+
+def serve_autoscale(args) -> dict | None:
+    """The autoscaling options as a dict for the server (None: off), checked."""
+    opts = {"--autoscale-min": args.autoscale_min, "--scale-up-utilization": args.scale_up_utilization,
+            "--scale-down-utilization": args.scale_down_utilization, "--scale-window-s": args.scale_window_s}
+    if args.autoscale_max is None:
+        for opt, value in opts.items():
+            if value is not None:
+                raise CapsimError(f"{opt}: only applies with --autoscale-max N; add it or remove this")
+        return None
+    n, hi = args.instances, args.autoscale_max
+    lo = n if args.autoscale_min is None else args.autoscale_min
+    if lo < 1:
+        raise CapsimError(f"--autoscale-min: must be >= 1, got {lo}")
+    if hi < lo:
+        raise CapsimError(f"--autoscale-max: must be >= --autoscale-min ({lo}), got {hi}")
+    if not lo <= n <= hi:
+        raise CapsimError(f"--instances: the starting count must be between --autoscale-min ({lo}) and "
+                          f"--autoscale-max ({hi}), got {n}")
+    up, down, w = (v if v is not None else d for v, d in ((args.scale_up_utilization, 0.8),
+                                                         (args.scale_down_utilization, 0.3), (args.scale_window_s, 10.0)))
+    if not 0 < up <= 1:
+        raise CapsimError(f"--scale-up-utilization: must be in (0, 1], got {up:g}")
+    if not 0 <= down < 1:
+        raise CapsimError(f"--scale-down-utilization: must be in [0, 1), got {down:g}")
+    if down >= up:
+        raise CapsimError(f"--scale-down-utilization: must be below --scale-up-utilization ({up:g}), got {down:g}")
+    if not 0 < w < float("inf"):
+        raise CapsimError(f"--scale-window-s: must be > 0, got {w:g}")
+    return {"min_instances": lo, "max_instances": hi, "scale_up_utilization": up, "scale_down_utilization": down,
+            "window_s": w}
 
 
 def serve_stride(args) -> None:

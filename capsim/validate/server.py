@@ -14,6 +14,8 @@ Every request ends in exactly one outcome, counted in ``/metrics``: completed, r
 dropped_oldest, timeout, stale, stride, bad_request, error or shutting_down; received = their sum.
 Requests with a valid priority level are counted by level too (``capsim_requests_by_level_total``);
 with a stride or degradation, each camera's current stride and its frames are exposed.
+With ``--autoscale-max`` the instance count follows utilization (:mod:`capsim.validate.autoscale`):
+a new instance loads its own session on its own thread and serves only after that cold start.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from aiohttp import web
 
 from capsim.errors import CapsimError
 from capsim.validate import protocol as P
+from capsim.validate.autoscale import READY, RETIRE, START, ServerAutoscaler
 from capsim.validate.batching import LevelPolicy, ServerBatcher
 
 OUTCOMES = ("completed", "rejected", "dropped_oldest", "timeout", "stale", "stride", "bad_request", "error",
@@ -59,12 +62,17 @@ class BadPayload(ValueError):
 
 class NoopRunner:
     """A model that does no work: outputs zeros at once. ``capsim validate`` runs the server with it
-    to measure the server's own per-request overhead (HTTP, decoding, batching bookkeeping)."""
+    to measure the server's own per-request overhead (HTTP, decoding, batching bookkeeping).
+    ``ms`` (``--noop-ms``, a test and measurement aid): sleep this long per batch, so that an
+    instance's utilization can be set by the load."""
 
-    def __init__(self, classes: int = 1000):
+    def __init__(self, classes: int = 1000, ms: float = 0.0):
         self.classes = classes
+        self.ms = ms
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if self.ms:
+            time.sleep(self.ms / 1000.0)
         return np.zeros((x.shape[0], self.classes), np.float32)
 
     def close(self) -> None:
@@ -73,31 +81,59 @@ class NoopRunner:
 
 @dataclass
 class ModelHost:
-    """N model instances (one runtime session each) and what their input looks like."""
+    """N model instances (one runtime session each) and what their input looks like. ``factory()``
+    builds one more warmed-up runner (the same model, backend and threads): autoscaling's cold start."""
 
     name: str
     task: str
     input_shape: tuple[int, int, int]
     runners: list
     info: dict = field(default_factory=dict)
+    factory: object = None
 
     def run(self, instance: int, x: np.ndarray) -> tuple[np.ndarray, float]:
         t = time.perf_counter()
         out = self.runners[instance].run(x)
         return np.asarray(out), (time.perf_counter() - t) * 1000.0
 
+    def add(self, instance: int, runner) -> None:
+        """``runner`` serves as ``instance`` (a new index or one retired before)."""
+        if instance >= len(self.runners):
+            self.runners += [None] * (instance + 1 - len(self.runners))
+        self.runners[instance] = runner
+
+    def retire(self, instance: int) -> None:
+        """Close ``instance``'s session (call it on that instance's thread)."""
+        r, self.runners[instance] = self.runners[instance], None
+        if r is not None:
+            r.close()
+
     def close(self) -> None:
         for r in self.runners:
-            r.close()
+            if r is not None:
+                r.close()
 
 
 def load_model(model: str | None, model_file: str | None, backend: str, device: str, precision: str,
-               instances: int, threads: int | None = None, input_shape=None, seed: int = 0) -> ModelHost:
-    """Build ``instances`` runners of a zoo model, a model file, or ``noop``."""
+               instances: int, threads: int | None = None, input_shape=None, seed: int = 0, noop_ms: float = 0.0,
+               noop_load_ms: float = 0.0) -> ModelHost:
+    """Build ``instances`` runners of a zoo model, a model file, or ``noop`` (which sleeps ``noop_ms``
+    per batch and ``noop_load_ms`` to load: test aids). ``threads``: per instance (default: the cores
+    split between the instances)."""
     if model == "noop":
         shape = tuple(input_shape or (3, 224, 224))
-        return ModelHost("noop", "classification", shape, [NoopRunner() for _ in range(instances)],
-                         {"backend": "none", "device": "cpu", "precision": "fp32"})
+
+        def noop():
+            if noop_load_ms:
+                time.sleep(noop_load_ms / 1000.0)
+            r = NoopRunner(ms=noop_ms)
+            r.run(np.zeros((1, *shape), np.float32))  # the warm-up batch, as for a real model
+            return r
+
+        info = {"backend": "none", "device": "cpu", "precision": "fp32"}
+        if noop_ms or noop_load_ms:
+            info.update(noop_ms=noop_ms, noop_load_ms=noop_load_ms)
+        return ModelHost("noop", "classification", shape, [noop() for _ in range(instances)], info, noop)
     from capsim.calibrate import backends
     from capsim.calibrate.run import _source
 
@@ -106,11 +142,20 @@ def load_model(model: str | None, model_file: str | None, backend: str, device: 
     import tempfile
 
     work = tempfile.mkdtemp(prefix="capsim-serve-")
+
+    def make():
+        return backends.make_runner(src, backend, device=device, precision=precision, threads=per,
+                                    input_shape=shape, workdir=work)
+
+    def factory():
+        r = make()
+        r.run(np.zeros((1, *shape), np.float32))  # warm-up: first calls allocate and pick kernels
+        return r
+
     runners = []
     try:
         for _ in range(instances):
-            runners.append(backends.make_runner(src, backend, device=device, precision=precision, threads=per,
-                                                input_shape=shape, workdir=work))
+            runners.append(make())
     except ValueError as exc:
         raise CapsimError(f"--model: {exc}") from None
     x = np.zeros((1, *shape), np.float32)
@@ -118,7 +163,7 @@ def load_model(model: str | None, model_file: str | None, backend: str, device: 
         r.run(x)
     return ModelHost(name, task, tuple(shape), runners,
                      {"backend": backend, "device": device, "precision": precision, "threads_per_instance": per,
-                      "origin": origin})
+                      "origin": origin}, factory)
 
 
 def timed_decode(body: bytes, content_type: str, shape_header: str | None, input_shape) -> tuple[np.ndarray, float]:
@@ -188,10 +233,12 @@ class InferenceServer:
     def __init__(self, host: ModelHost, max_batch: int, delay_ms: float, instances: int, preferred=(),
                  max_size: int = 0, per_source_max_size: int = 0, on_full: str = "reject", timeout_ms: float = 0.0,
                  preprocess_workers: int = 1, levels=None, default_priority: int | None = None,
-                 deadline_ms: float = 0.0, stride: int = 1, degrade_threshold: int = 0, degrade_max_stride: int = 0):
+                 deadline_ms: float = 0.0, stride: int = 1, degrade_threshold: int = 0, degrade_max_stride: int = 0,
+                 autoscale: dict | None = None, log=None):
         """``levels``: priority lanes as (max_size, on_full, timeout_ms), highest first (None: one lane
         from max_size/on_full/timeout_ms); a request without X-Priority gets ``default_priority``
-        (None: the lowest)."""
+        (None: the lowest). ``autoscale``: {min_instances, max_instances, scale_up_utilization,
+        scale_down_utilization, window_s} (None: a fixed count); ``log(line)`` gets each scale event."""
         self.host = host
         lanes = None if levels is None else [LevelPolicy(m, o, t / 1000.0) for m, o, t in levels]
         self.batcher = ServerBatcher(max_batch, delay_ms / 1000.0, instances, list(preferred), max_size,
@@ -212,10 +259,18 @@ class InferenceServer:
         if self.batcher.strided:
             self.config.update(stride=stride, degrade_threshold=degrade_threshold,
                                degrade_max_stride=degrade_max_stride)
+        self.autoscale = autoscale
+        self.scaler: ServerAutoscaler | None = None  # made when the batcher loop starts (its clock)
+        self.scale_counts = {START: 0, READY: 0, RETIRE: 0}
+        self.scale_task: asyncio.Task | None = None
+        self.start_task: asyncio.Future | None = None
+        self.log = log or (lambda line: None)
+        if autoscale:
+            self.config["autoscale"] = dict(autoscale)
         self.by_level = [{o: 0 for o in LEVEL_OUTCOMES} for _ in range(self.n_levels)]
         self.processed: dict[int, int] = {}  # completed frames per source (stride / degrade on)
         self.pre_pool = ThreadPoolExecutor(max(1, preprocess_workers), thread_name_prefix="capsim-pre")
-        self.inst_pools = [ThreadPoolExecutor(1, thread_name_prefix=f"capsim-inst{i}") for i in range(instances)]
+        self.inst_pools = {i: ThreadPoolExecutor(1, thread_name_prefix=f"capsim-inst{i}") for i in range(instances)}
         self.counts = {o: 0 for o in OUTCOMES}
         self.received = 0
         self.batch_hist = [0] * (len(BATCH_BUCKETS) + 1)
@@ -361,6 +416,22 @@ class InferenceServer:
                       "# TYPE capsim_source_frames_processed_total counter"]
             lines += [f'capsim_source_frames_processed_total{{source="{s}"}} {self.processed.get(s, 0)}'
                       for s in sorted(b.frames)]
+        if self.scaler is not None:
+            a = self.scaler
+            lines += ["# HELP capsim_instances_serving Model instances that take batches (autoscaling).",
+                      "# TYPE capsim_instances_serving gauge", f"capsim_instances_serving {len(a.serving)}",
+                      "# HELP capsim_instances_provisioning Instances loading their model (cold start; 0 or 1).",
+                      "# TYPE capsim_instances_provisioning gauge",
+                      f"capsim_instances_provisioning {0 if a.pending is None else 1}",
+                      "# HELP capsim_scale_events_total Autoscaling events: start (decided), ready (serves), retire.",
+                      "# TYPE capsim_scale_events_total counter"]
+            lines += [f'capsim_scale_events_total{{action="{k}"}} {n}' for k, n in self.scale_counts.items()]
+            lines += ["# HELP capsim_cold_start_seconds Last cold start: from the decision until the instance serves.",
+                      "# TYPE capsim_cold_start_seconds gauge",
+                      f"capsim_cold_start_seconds {a.last_cold_start or 0.0:g}",
+                      "# HELP capsim_window_utilization Busy / serving instance-time in the last window.",
+                      "# TYPE capsim_window_utilization gauge",
+                      f"capsim_window_utilization {a.last_utilization or 0.0:g}"]
         lines += _histogram("capsim_batch_size", "Requests per dispatched batch.", BATCH_BUCKETS, self.batch_hist,
                             self.batch_sum, self.batches)
         lines += _histogram("capsim_request_duration_seconds", "Server time of completed requests.",
@@ -378,6 +449,8 @@ class InferenceServer:
                 p.key.fut.set_result(("dropped", p.dropped))
             for inst, batch in batches:
                 self.in_flight += 1
+                if self.scaler is not None:
+                    self.scaler.batch_start(inst, now)
                 asyncio.ensure_future(self._run_batch(inst, batch, now))
             if self.draining and not self.batcher.qlen and not self.in_flight:
                 return
@@ -402,16 +475,85 @@ class InferenceServer:
             out, compute_ms, err = None, 0.0, f"{type(exc).__name__}: {exc}"
         else:
             err = None
-        self.batcher.release(inst, time.perf_counter())
+        end = time.perf_counter()
+        if self.scaler is not None and self.scaler.batch_end(inst, end):
+            self._retired(inst)  # its last batch: it leaves instead of going back to the idle instances
+        else:
+            self.batcher.release(inst, end)
         self.in_flight -= 1
         self.wake.set()
         for j, p in enumerate(batch):
             wait_ms = (started - p.entered) * 1000.0
             p.key.fut.set_result(("error", err) if err else ("ok", out[j], compute_ms, k, inst, wait_ms))
 
+    # -- autoscaling
+
+    def start_autoscaler(self) -> None:
+        """Begin the window checks (the server clock's t0 is now)."""
+        a = self.autoscale
+        self.t0 = time.perf_counter()
+        self.scaler = ServerAutoscaler(self.batcher.instances, a["min_instances"], a["max_instances"],
+                                       a["scale_up_utilization"], a["scale_down_utilization"], a["window_s"], self.t0)
+        self.scale_task = asyncio.ensure_future(self._scale_loop())
+
+    async def _scale_loop(self) -> None:
+        a = self.scaler
+        while not self.draining:
+            await asyncio.sleep(max(0.0, a.next_check - time.perf_counter()))
+            if self.draining:
+                return
+            now = time.perf_counter()
+            decision = a.check(now, list(self.batcher.idle))
+            if decision is None:
+                continue
+            action, inst = decision
+            if action == RETIRE:
+                self.batcher.remove_idle(inst)
+                self._retired(inst)
+            else:
+                self._event()
+                self.start_task = asyncio.ensure_future(self._cold_start(inst))
+
+    async def _cold_start(self, inst: int) -> None:
+        """Load a new session on the new instance's own thread (load + warm-up batch), then let it serve."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix=f"capsim-inst{inst}")
+        try:
+            runner = await asyncio.get_running_loop().run_in_executor(pool, self.host.factory)
+        except Exception as exc:  # noqa: BLE001 - a failed load leaves the count as it was
+            pool.shutdown(wait=False)
+            self.scaler.failed(inst, time.perf_counter(), f"{type(exc).__name__}: {exc}")
+            self._event()
+            return
+        self.host.add(inst, runner)
+        self.inst_pools[inst] = pool
+        now = time.perf_counter()
+        self.scaler.ready(inst, now)
+        self.batcher.add_instance(inst, now)
+        self._event()
+        self.wake.set()  # queued work may start on it now
+
+    def _retired(self, inst: int) -> None:
+        """Close the retired instance's session on its own thread and stop that thread."""
+        pool = self.inst_pools.pop(inst)
+        pool.submit(self.host.retire, inst)
+        pool.shutdown(wait=False)
+        self._event()
+
+    def _event(self) -> None:
+        """Count and log the scale event just recorded."""
+        e = self.scaler.events[-1]
+        if e.action in self.scale_counts:
+            self.scale_counts[e.action] += 1
+        self.log(f"capsim serve: +{e.t - self.t0:.3f} s scale {e.action} instance {e.instance} ({e.detail}); "
+                 f"serving {len(self.scaler.serving)}, provisioning {0 if self.scaler.pending is None else 1}")
+
     async def drain(self) -> None:
         """Graceful shutdown: refuse new requests, run what is queued and in flight, then stop."""
         self.draining = True
+        if self.scale_task is not None:
+            self.scale_task.cancel()
+        if self.start_task is not None:
+            await self.start_task  # a pending start finishes loading (and is closed with the others)
         self.batcher.delay = 0.0  # nothing new will join: send what is queued now
         self.wake.set()
         if self.loop_task is not None:
@@ -419,7 +561,7 @@ class InferenceServer:
 
     def close(self) -> None:
         self.pre_pool.shutdown(wait=False)
-        for p in self.inst_pools:
+        for p in self.inst_pools.values():
             p.shutdown(wait=True)
         self.host.close()
 
@@ -445,6 +587,8 @@ def _histogram(name: str, help_text: str, edges, counts, total, n) -> list[str]:
 async def serve(server: InferenceServer, host: str, port: int, ready=None) -> None:
     """Listen until SIGINT/SIGTERM, then shut down gracefully; ``ready(url)`` once listening."""
     server.loop_task = asyncio.ensure_future(server.run_batcher())
+    if server.autoscale:
+        server.start_autoscaler()
     runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
