@@ -31,12 +31,15 @@ from capsim.simulate import make_engine, run_replication  # noqa: E402
 CASES = [
     ("priority, 2 lanes (20/80)", ["priority.levels=[{share: 0.2}, {share: 0.8, max_size: 64}]"]),
     ("deadline 150 ms", ["queue.deadline_ms=150"]),
+    ("adaptive stride, 6 cameras", ["arrivals.rate_rps=null", "arrivals.process=streams",
+                                    "arrivals.streams=[{count: 6, fps: 20}]", "queue.per_source_max_size=2",
+                                    "queue.on_full=drop_oldest", "queue.degrade={threshold: 1, max_stride: 3}"]),
     ("devices 2 x 2, round robin", ["devices.count=2", "devices.instances_per_device=2", "dispatch=round_robin",
                                     "arrivals.rate_rps=300"]),
     ("autoscale 1..4, 5 s window", ["autoscale.min_instances=1", "autoscale.max_instances=4",
                                     "autoscale.window_s=5", "autoscale.warmup_s=2", "arrivals.rate_rps=200"]),
     ("network 1 Gbit/s, jpeg", ["network.bandwidth_mbps=1000", "network.payload=jpeg"]),
-    ("rate schedule 60/180 rps", ["arrivals.rate_rps=null",
+    ("rate schedule 60/150 rps", ["arrivals.rate_rps=null",
                                   "arrivals.rate_schedule={steps: [{at_s: 0, rate_rps: 60}, "
                                   "{at_s: 30, rate_rps: 150}], period_s: 60}"]),
     ("closed loop, 16 clients", ["arrivals.rate_rps=null", "arrivals.process=closed", "arrivals.concurrency=16",
