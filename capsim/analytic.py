@@ -94,8 +94,11 @@ def napkin(sc: Scenario) -> Napkin:
     rate = sc.arrivals.offered_rps()
     budget = sc.slo.latency_ms if sc.slo else lat
     in_flight = (rate or 0.0) * budget / 1000.0
-    formula = (f"{sc.batching.max_queue_delay_ms:g} wait + {prepost:g} pre/post + {s.overhead_ms:g} overhead "
-               f"+ {compute:g} compute(b={B}) = {lat:g} ms")
+    def ms(v: float) -> str:  # measured curves give long decimals; a napkin needs three digits
+        return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+    formula = (f"{ms(sc.batching.max_queue_delay_ms)} wait + {ms(prepost)} pre/post + {ms(s.overhead_ms)} overhead "
+               f"+ {ms(compute)} compute(b={B}) = {ms(lat)} ms")
     return Napkin(lat, capacity_rps(sc), in_flight, formula)
 
 
