@@ -161,3 +161,18 @@ def test_schedule_with_a_rate_or_another_process_is_refused():
     with pytest.raises(ScenarioError, match=r"arrivals.rate_schedule: not used by process constant"):
         parse_scenario({"arrivals": {"process": "constant", "rate_rps": 5, "rate_schedule": TWO_STEP},
                         "service": {"batch_latency_ms": {1: 4}}})
+
+
+def test_a_peak_above_capacity_is_flagged_even_when_the_run_is_stable():
+    from capsim.config import load_scenario
+    from capsim.simulate import simulate
+
+    # mini-challenge's bound is 166.7 rps: 200 rps for 20 s of every 120 s overloads, the rest drains
+    sc = load_scenario("mini-challenge", [
+        "arrivals.rate_rps=null", "run.requests=60000", "run.replications=2",
+        "arrivals.rate_schedule={steps: [{at_s: 0, rate_rps: 20}, {at_s: 100, rate_rps: 200}], period_s: 120}"])
+    res = simulate(sc)
+    steps = res.policies["rate_schedule"]["steps"]
+    assert [st["overloaded"] for st in steps] == [False, True]
+    assert res.policies["rate_schedule"]["capacity_bound_rps"] == pytest.approx(8 / 0.048)
+    assert steps[1]["p95_ms"] > 5 * steps[0]["p95_ms"]
