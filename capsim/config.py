@@ -214,6 +214,9 @@ class Queue:
     deadline_ms: float = spec(0.0, "a request older than this (since its arrival) when its batch is formed is "
                               "dropped as stale instead of computed; 0 = no deadline", unit="ms", ge=0, ui_max=1000)
     degrade: Degrade | None = spec(None, "graceful degradation: raise a camera's stride while its queue is long")
+    preprocess_latest: bool = spec(False, "pre-processing (decode) keeps only each camera's latest waiting frame: "
+                                   "an older frame still waiting for a worker is dropped as stale when a newer one "
+                                   "of the same camera arrives (video pipelines)")
 
 
 @dataclass
@@ -660,6 +663,14 @@ def _check_policies(sc: Scenario, problems: list[str]) -> None:
     """Rules across the production-policy sections (priority, degrade, devices, autoscale, network)."""
     a, q = sc.arrivals, sc.queue
     sourced = a.process in ("streams", "trace")
+    if q.preprocess_latest:
+        pre = sc.service.preprocess
+        if not (pre.workers >= 1 and pre.ms > 0):
+            problems.append("queue.preprocess_latest: needs a pre-processing pool (service.preprocess.ms > 0 and "
+                            "workers >= 1) whose waiting line it trims; set them or remove it")
+        elif sc.network is not None and sc.network.payload == "tensor":
+            problems.append("queue.preprocess_latest: raw tensors skip pre-processing (network.payload tensor); "
+                            "remove it or send jpeg")
     if q.degrade is not None:
         if not sourced:
             problems.append("queue.degrade: needs sources (arrivals.process streams or trace); remove it")

@@ -259,7 +259,8 @@ def test_network_timeline_exact_to_the_ns():
     # r2 sent 2: link [16.384, 24.576], server 25.576, pre -> 27.576.  r3 sent 30: link
     # [30, 38.192], server 39.192, pre -> 41.192.
     sc = net_scenario()
-    entry, server = queue_entry(sc, np.array([0, 1, 2, 30], np.int64) * 1_000_000)
+    entry, server, stale = queue_entry(sc, np.array([0, 1, 2, 30], np.int64) * 1_000_000)
+    assert stale is None  # no queue.preprocess_latest: nothing is superseded
     assert server.tolist() == [9_192_000, 17_384_000, 25_576_000, 39_192_000]
     assert entry.tolist() == [11_192_000, 19_384_000, 27_576_000, 41_192_000]
     # One instance, 10 ms per request (D = 0: it takes whatever is queued): r0 [11.192, 21.192],
@@ -288,7 +289,7 @@ def test_responses_queue_on_their_own_direction():
 
 def test_tensor_payload_skips_the_preprocess_stage():
     sc = net_scenario(payload="tensor")
-    entry, server = queue_entry(sc, np.array([0, 1], np.int64) * 1_000_000)
+    entry, server, _ = queue_entry(sc, np.array([0, 1], np.int64) * 1_000_000)
     assert (entry == server).all() and server.tolist() == [9_192_000, 17_384_000]
 
 

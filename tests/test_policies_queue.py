@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from capsim.arrivals import ArrivalStream, generate, read_trace
-from capsim.config import parse_scenario
+from capsim.config import load_scenario, parse_scenario
 from capsim.errors import CapsimError, ScenarioError
 from capsim.queue_policies import degrade_summary, format_text
 from capsim.sim.engine import SimPyEngine
@@ -398,3 +398,62 @@ def test_engines_and_refusals():
         make_engine(sc, "fast")
     assert DROP_REASONS[:5] == ("", "rejected", "dropped_oldest", "timeout", "stride")
     assert DROP_REASONS[5] == "stale"
+
+
+# =========================================================================== latest frame before decode
+
+
+def test_latest_frame_pool_hand_timeline():
+    from capsim.sim.stages import fifo_pool, latest_frame_pool
+
+    # one decode worker, 10 ns per frame; camera 0 at 0, 2, 5, 10; camera 1 at 3, 12
+    t = np.array([0, 2, 3, 5, 10, 12])
+    src = np.array([0, 0, 1, 0, 0, 1])
+    done, dropped = latest_frame_pool(t, src, 10, 1, 2)
+    # 0 decodes at once; 2 waits and is superseded by 5 (dropped at 5); 3 starts at 10; 5 is still
+    # waiting at 10 and is superseded by 10 (dropped at 10: the worker freed at 10 took 3 first)
+    assert done.tolist() == [10, -1, 20, -1, 30, 40]
+    assert dropped.tolist() == [-1, 5, -1, 10, -1, -1]
+    # every frame its own camera: nothing is superseded and it is the plain FIFO pool
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.integers(0, 10**6, 2000))
+    done, dropped = latest_frame_pool(t, np.arange(2000), 700, 3, 2000)
+    assert (dropped < 0).all() and np.array_equal(done, fifo_pool(t.astype(float), 700, 3).astype(np.int64))
+
+
+def _decode_bound_cameras(extra=()):
+    # 6 cameras x 25 fps = 150 fps into one decoder of 10 ms (100 fps): the decode line overflows
+    return load_scenario("example-2-multi-camera", ["service.preprocess.ms=10", "service.preprocess.workers=1",
+                                                    "run.requests=30000", "run.replications=2", *extra])
+
+
+def test_latest_frame_keeps_a_decode_bound_camera_pipeline_stable():
+    plain = simulate(_decode_bound_cameras())
+    latest = simulate(_decode_bound_cameras(["queue.preprocess_latest=true"]))
+    assert not plain.stable  # frames pile up before decode, where the per-camera caps cannot reach
+    assert latest.stable and latest.latency_ms["p95"] < 100
+    assert latest.drops_by_reason["stale"] > 0.2 * (latest.completed + latest.dropped)
+    assert latest.throughput_rps == pytest.approx(100, rel=0.05)  # the decoder runs flat out
+
+
+@pytest.mark.parametrize("extra", [[], ["network.bandwidth_mbps=100"], ["arrivals.streams.0.jitter_ms=3",
+                                                                        "queue.stride=2", "instances=2",
+                                                                        "service.preprocess.ms=16"]])
+def test_latest_frame_same_traces_on_both_engines(extra):
+    from capsim.sim.engine import SimPyEngine
+    from capsim.sim.fast import FastEngine, unsupported_features
+
+    sc = _decode_bound_cameras(["queue.preprocess_latest=true", "run.requests=8000", *extra])
+    assert unsupported_features(sc) == []
+    arr = generate(sc.arrivals, sc.run.requests, np.random.default_rng(3))
+    ref = SimPyEngine(sc).run(arr, np.random.default_rng(4))
+    fast = FastEngine(sc).run(arr, np.random.default_rng(4))
+    assert (ref.drop_reason == DROP_REASONS.index("stale")).sum() > 100
+    for f in ("entry", "start", "end", "done", "latency_ms", "drop_t"):
+        np.testing.assert_array_equal(getattr(ref, f), getattr(fast, f), err_msg=f)
+    np.testing.assert_array_equal(ref.drop_reason, fast.drop_reason)
+
+
+def test_latest_frame_needs_a_decode_pool():
+    with pytest.raises(ScenarioError, match="queue.preprocess_latest: needs a pre-processing pool"):
+        load_scenario("example-2-multi-camera", ["queue.preprocess_latest=true", "service.preprocess.workers=0"])

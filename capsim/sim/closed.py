@@ -51,6 +51,7 @@ def closed_loop_refusals(sc: Scenario) -> list[str]:
         ("queue.stride", q.stride != 1),
         ("queue.deadline_ms", q.deadline_ms > 0),
         ("queue.degrade", q.degrade is not None),
+        ("queue.preprocess_latest", q.preprocess_latest),
         ("priority", sc.priority is not None),
         ("autoscale", sc.autoscale is not None),
         ("network", sc.network is not None),

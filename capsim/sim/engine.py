@@ -22,7 +22,7 @@ from capsim.sim.batcher import TimerBatcher, TritonBatcher
 from capsim.sim.devices import InstancePool
 from capsim.sim.network import queue_entry, respond
 from capsim.sim.queue import (
-    DROPPED, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
+    DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
 from capsim.sim.stages import fifo_pool
 
@@ -121,12 +121,20 @@ class _Run:
         order = np.flatnonzero(kept)
 
         entry = np.full(n, -1, np.int64)
-        entry[order], server = queue_entry(sc, arrival_ns[order])  # network and preprocess stages
-        self.entry = entry
+        e, server, stale = queue_entry(sc, arrival_ns[order], arr.source[order], arr.n_sources)  # network, preprocess
         self.server_ns = None
         if server is not None:
             self.server_ns = np.full(n, -1, np.int64)
             self.server_ns[order] = server
+        if stale is not None:  # superseded before pre-processing: dropped, never queued
+            gone = stale >= 0
+            idx = order[gone]
+            self.status[idx] = DROPPED
+            self.drop_reason[idx] = STALE
+            self.drop_t[idx] = stale[gone]
+            order, e = order[~gone], e[~gone]
+        entry[order] = e
+        self.entry = entry
 
         self.extras = {}
         if lanes.uses_queue_policies(sc):  # priority lanes, deadlines, adaptive stride

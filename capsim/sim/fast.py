@@ -863,12 +863,19 @@ class FastEngine:
         order = np.flatnonzero(arrivals.frame % qc.stride == 0) if qc.stride > 1 else None
         entry_q = entry if order is None else entry[order]
         server_ns = None
+        stale_idx = stale_t = None
         if pool:
             arr_q = arrival_ns if order is None else arrival_ns[order]
-            entry_q, server_q = queue_entry(sc, arr_q)
+            src_q = arrivals.source if order is None else arrivals.source[order]
+            entry_q, server_q, stale_q = queue_entry(sc, arr_q, src_q, arrivals.n_sources)
             if server_q is not None:
                 server_ns = np.full(n, -1, np.int64)
                 server_ns[slice(None) if order is None else order] = server_q
+            if stale_q is not None:  # superseded before pre-processing: dropped, never queued
+                base = np.arange(n) if order is None else order
+                gone = stale_q >= 0
+                stale_idx, stale_t = base[gone], stale_q[gone]
+                order, entry_q = base[~gone], entry_q[~gone]
         nq = len(entry_q)
 
         if self.sampler is not None and nq:
@@ -921,6 +928,9 @@ class FastEngine:
             full_drop_t = np.full(n, -1, np.int64)
             full_drop_t[skipped] = arrival_ns[skipped]
             full_drop_t[order] = drop_t
+            if stale_idx is not None:
+                full_reason[stale_idx] = _STALE
+                full_drop_t[stale_idx] = stale_t
             entry, batch_of, drop_reason, drop_t = full_entry, full_batch, full_reason, full_drop_t
         else:
             entry = entry_q

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from capsim.config import Network, Scenario
-from capsim.sim.stages import fifo_pool
+from capsim.sim.stages import fifo_pool, latest_frame_pool
 
 NS = 1_000_000_000
 
@@ -27,21 +27,29 @@ def transfer_s(net: Network, kb: float) -> float:
     return kb * 1024 * 8 / (net.bandwidth_mbps * 1e6)
 
 
-def queue_entry(sc: Scenario, send_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def queue_entry(sc: Scenario, send_ns: np.ndarray, source: np.ndarray | None = None, n_sources: int = 1
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Queue entry times (int ns) of requests sent at ``send_ns`` (sorted), after the network and
-    preprocess stages, and their arrival times at the server (None without a network stage)."""
+    preprocess stages; their arrival times at the server (None without a network stage); and,
+    with ``queue.preprocess_latest``, when each was dropped as stale before pre-processing (-1:
+    kept; a dropped request's entry time is -1), else None."""
     pre = sc.service.preprocess
     pre_ns = int(round(pre.ms * 1e6))
     net = sc.network
-    if net is None:
-        return fifo_pool(send_ns.astype(np.float64), pre_ns, pre.workers).astype(np.int64), None
-    xfer_ns = int(round(transfer_s(net, net.request_kb()) * NS))
-    lat_ns = int(round(net.latency_ms * 1e6))
-    # Integers below 2**53 are exact in float64, so the link's closed form is exact to the ns.
-    server = fifo_pool(send_ns.astype(np.float64), xfer_ns, 1).astype(np.int64) + lat_ns
-    if net.payload == "tensor":
-        return server, server
-    return fifo_pool(server.astype(np.float64), pre_ns, pre.workers).astype(np.int64), server
+    server = None
+    at_pre = send_ns
+    if net is not None:
+        xfer_ns = int(round(transfer_s(net, net.request_kb()) * NS))
+        lat_ns = int(round(net.latency_ms * 1e6))
+        # Integers below 2**53 are exact in float64, so the link's closed form is exact to the ns.
+        server = fifo_pool(send_ns.astype(np.float64), xfer_ns, 1).astype(np.int64) + lat_ns
+        if net.payload == "tensor":
+            return server, server, None
+        at_pre = server
+    if sc.queue.preprocess_latest:
+        entry, stale = latest_frame_pool(at_pre, source, pre_ns, pre.workers, n_sources)
+        return entry, server, stale
+    return fifo_pool(at_pre.astype(np.float64), pre_ns, pre.workers).astype(np.int64), server, None
 
 
 def respond(sc: Scenario, done: np.ndarray, server_arrival_ns: np.ndarray, arrival: np.ndarray) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 
 def fifo_pool(times: np.ndarray, service_s: float, workers: int) -> np.ndarray:
@@ -22,3 +23,65 @@ def fifo_pool(times: np.ndarray, service_s: float, workers: int) -> np.ndarray:
         j = np.arange(len(a), dtype=np.float64) * service_s
         out[r::workers] = j + service_s + np.maximum.accumulate(a - j)
     return out
+
+
+def latest_frame_pool(times_ns: np.ndarray, source: np.ndarray, service_ns: int, workers: int,
+                      n_sources: int) -> tuple[np.ndarray, np.ndarray]:
+    """A FIFO pool of ``workers`` that keeps only each source's latest waiting frame.
+
+    Frames (sorted by arrival, integer ns) wait for a worker in one FIFO line holding at most one
+    frame per source: when a frame of source s arrives while an earlier frame of s still waits
+    (no worker has picked it up), the earlier one is dropped at that instant and the new one joins
+    the back of the line. A free worker takes the head of the line. At one instant, workers freed
+    then pick up waiting frames before the arrival is handled, so a frame whose decode starts at
+    t is never dropped by an arrival at t. Returns (departure ns, or -1 for a dropped frame; drop
+    time ns, or -1 for a kept one).
+    """
+    return _latest(np.ascontiguousarray(times_ns, dtype=np.int64), np.ascontiguousarray(source, dtype=np.int64),
+                   int(service_ns), int(workers), max(int(n_sources), 1))
+
+
+@njit(cache=True)
+def _serve(line, head, tail, dropped_at, free, t, done, waiting, src, s, c, now):
+    """Workers free by ``now`` take waiting frames, oldest first; returns the new head of the line."""
+    while head < tail:
+        j = line[head]
+        if dropped_at[j] >= 0:
+            head += 1
+            continue
+        w = 0
+        for k in range(1, c):
+            if free[k] < free[w]:
+                w = k
+        if free[w] > now:
+            break
+        start = free[w] if free[w] > t[j] else t[j]
+        done[j] = start + s
+        free[w] = done[j]
+        if waiting[src[j]] == j:
+            waiting[src[j]] = -1
+        head += 1
+    return head
+
+
+@njit(cache=True)
+def _latest(t, src, s, c, n_src):
+    n = len(t)
+    done = np.full(n, -1, np.int64)
+    dropped_at = np.full(n, -1, np.int64)
+    free = np.zeros(c, np.int64)
+    line = np.empty(n, np.int64)
+    head = 0
+    tail = 0
+    waiting = np.full(n_src, -1, np.int64)
+    for i in range(n):
+        head = _serve(line, head, tail, dropped_at, free, t, done, waiting, src, s, c, t[i])
+        k = waiting[src[i]]
+        if k >= 0:  # the camera's older frame is still waiting: the newer one supersedes it
+            dropped_at[k] = t[i]
+        line[tail] = i
+        tail += 1
+        waiting[src[i]] = i
+        head = _serve(line, head, tail, dropped_at, free, t, done, waiting, src, s, c, t[i])  # a free worker now
+    _serve(line, head, tail, dropped_at, free, t, done, waiting, src, s, c, np.iinfo(np.int64).max)
+    return done, dropped_at
