@@ -20,6 +20,7 @@ KNOBS = (
     ("queue.max_size", "Queue and drops"),
     ("queue.on_full", "Queue and drops"),
     ("queue.timeout_ms", "Queue and drops"),
+    ("queue.deadline_ms", "Queue and drops"),
     ("service.variability.distribution", "Service time"),
     ("service.variability.cv", "Service time"),
     ("service.preprocess.ms", "Pre/post and network"),

@@ -175,3 +175,13 @@ def test_closed_loop_scenario_runs_without_a_rate_knob(tmp_path):
                                           "arrivals.concurrency=8", "arrivals.think_ms=20"])
     assert "offered_rps" not in [k.path for k in knobs.knobs_for(sc)]
     assert "offered_rps" in [k.path for k in knobs.knobs_for(load_scenario("mini-challenge"))]
+
+
+def test_a_deadline_knob_drops_stale_requests_under_overload():
+    at = _app()
+    at.slider(key="offered_rps").set_value(220.0).run()  # above the 166.7 rps capacity bound
+    assert "unstable" in " ".join(m.value for m in at.markdown).lower()
+    at.slider(key="queue.deadline_ms").set_value(120.0).run()
+    assert not at.exception, at.exception
+    text = " ".join(m.value for m in at.markdown).lower()
+    assert "unstable" not in text  # stale requests are dropped instead of piling up
