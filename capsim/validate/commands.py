@@ -38,6 +38,8 @@ def add_serve_parser(sub) -> None:
                    "frame arrives with T of its frames queued; lower it when its queue is empty (0: off)")
     s.add_argument("--degrade-max-stride", type=int, default=0, metavar="M", help="largest stride with --degrade-threshold")
     s.add_argument("--preprocess-workers", type=int, default=1, help="threads decoding JPEGs (default 1)")
+    s.add_argument("--decode-latest", action="store_true", help="frames waiting for a decode thread keep only each "
+                   "X-Source's latest: an older waiting frame of the camera is dropped as stale (default: FIFO)")
     s.add_argument("--threads", type=int, help="runtime threads per instance (default: cores / instances)")
     s.add_argument("--input-shape", help="CxHxW for --model-file or noop (default 3x224x224)")
     s.add_argument("--autoscale-max", type=int, metavar="N", help="autoscale between --autoscale-min and N instances "
@@ -108,7 +110,8 @@ def cmd_serve(args) -> int:
                                  args.queue_max_size, args.per_source_max_size, args.on_full or "reject",
                                  args.queue_timeout_ms or 0.0, args.preprocess_workers, levels, default_priority,
                                  args.deadline_ms, args.stride, args.degrade_threshold, args.degrade_max_stride,
-                                 autoscale, log=lambda line: print(line, file=sys.stderr, flush=True))
+                                 autoscale, log=lambda line: print(line, file=sys.stderr, flush=True),
+                                 decode_latest=args.decode_latest)
         await serve(server, args.host, args.port,
                     ready=lambda url: print(f"capsim serve: listening on {url} (max batch {args.max_batch_size}, "
                                             f"delay {args.max_queue_delay_ms:g} ms, {args.instances} instance(s)"
@@ -247,6 +250,8 @@ def add_validate_parser(sub) -> None:
                    "caps in the server, drop rate and tail latency compared; --loads is not used)")
     v.add_argument("--per-source-max-size", type=int, default=1, help="with --streams: queued frames per camera")
     v.add_argument("--on-full", choices=("reject", "drop_oldest"), default="drop_oldest", help="with --streams")
+    v.add_argument("--decode-latest", action="store_true", help="with --streams: the server's decode line keeps "
+                   "only each camera's latest frame (capsim serve --decode-latest; queue.preprocess_latest)")
     v.add_argument("--jitter-ms", type=float, default=2.0, help="with --streams: frame arrival jitter")
     v.add_argument("--burst", type=float, metavar="X", help="with --streams: cameras run X times faster during bursts; "
                    "tail latency and drops inside the bursts are compared too")

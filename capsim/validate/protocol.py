@@ -14,8 +14,10 @@ default: the count of the camera's frames received before it). A bad value is a 
 200: JSON ``{"outputs": ...}`` (the model's result: top-5 classes, or boxes, or a mask summary)
 plus the timing headers below. 503: the server dropped the request; JSON ``{"error": reason,
 "detail": ...}`` and ``X-Drop-Reason`` (``rejected``, ``dropped_oldest``, ``timeout``, ``stale``,
-``stride``, ``shutting_down``). 400: a payload or header the server cannot read (one-line
-reason). Every 200 and 503 answer carries ``X-Priority``, the level it was queued at.
+``stride``, ``shutting_down``; ``stale`` also when the server runs ``--decode-latest`` and a newer
+frame of the same ``X-Source`` arrived while this one waited for a decode thread). 400: a payload
+or header the server cannot read (one-line reason). Every 200 and 503 answer carries ``X-Priority``,
+the level it was queued at.
 
 GET ``HEALTH_PATH``: ``ok``. GET ``METRICS_PATH``: Prometheus text format.
 """

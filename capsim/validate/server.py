@@ -16,6 +16,9 @@ Requests with a valid priority level are counted by level too (``capsim_requests
 with a stride or degradation, each camera's current stride and its frames are exposed.
 With ``--autoscale-max`` the instance count follows utilization (:mod:`capsim.validate.autoscale`):
 a new instance loads its own session on its own thread and serves only after that cold start.
+With ``--decode-latest`` the frames waiting for a decode thread form an explicit line keeping only
+each camera's latest frame (:mod:`capsim.validate.decode_line`); an older frame it replaces is
+dropped as stale.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from capsim.errors import CapsimError
 from capsim.validate import protocol as P
 from capsim.validate.autoscale import READY, RETIRE, START, ServerAutoscaler
 from capsim.validate.batching import LevelPolicy, ServerBatcher
+from capsim.validate.decode_line import DecodeLine
 
 OUTCOMES = ("completed", "rejected", "dropped_oldest", "timeout", "stale", "stride", "bad_request", "error",
             "shutting_down")
@@ -51,10 +55,15 @@ DROP_DETAILS = {
     "stale": "the request was older than its deadline when its batch was formed",
     "stride": "the frame was skipped: its index is not a multiple of its camera's current stride",
 }
+DECODE_STALE = "a newer frame of its camera arrived while it waited for a decode thread (--decode-latest)"
 
 
 class BadPayload(ValueError):
     """A request body the server cannot turn into a model input."""
+
+
+class StaleFrame(Exception):
+    """The frame was replaced in the decode line by a newer frame of its camera (--decode-latest)."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -234,11 +243,12 @@ class InferenceServer:
                  max_size: int = 0, per_source_max_size: int = 0, on_full: str = "reject", timeout_ms: float = 0.0,
                  preprocess_workers: int = 1, levels=None, default_priority: int | None = None,
                  deadline_ms: float = 0.0, stride: int = 1, degrade_threshold: int = 0, degrade_max_stride: int = 0,
-                 autoscale: dict | None = None, log=None):
+                 autoscale: dict | None = None, log=None, decode_latest: bool = False):
         """``levels``: priority lanes as (max_size, on_full, timeout_ms), highest first (None: one lane
         from max_size/on_full/timeout_ms); a request without X-Priority gets ``default_priority``
         (None: the lowest). ``autoscale``: {min_instances, max_instances, scale_up_utilization,
-        scale_down_utilization, window_s} (None: a fixed count); ``log(line)`` gets each scale event."""
+        scale_down_utilization, window_s} (None: a fixed count); ``log(line)`` gets each scale event.
+        ``decode_latest``: frames wait for a decode thread in a :class:`DecodeLine` (one per camera)."""
         self.host = host
         lanes = None if levels is None else [LevelPolicy(m, o, t / 1000.0) for m, o, t in levels]
         self.batcher = ServerBatcher(max_batch, delay_ms / 1000.0, instances, list(preferred), max_size,
@@ -270,6 +280,10 @@ class InferenceServer:
         self.by_level = [{o: 0 for o in LEVEL_OUTCOMES} for _ in range(self.n_levels)]
         self.processed: dict[int, int] = {}  # completed frames per source (stride / degrade on)
         self.pre_pool = ThreadPoolExecutor(max(1, preprocess_workers), thread_name_prefix="capsim-pre")
+        # --decode-latest: the line decides which frame a free thread takes, so the pool's own queue stays empty
+        self.line = DecodeLine(max(1, preprocess_workers)) if decode_latest else None
+        if decode_latest:
+            self.config["decode_latest"] = True
         self.inst_pools = {i: ThreadPoolExecutor(1, thread_name_prefix=f"capsim-inst{i}") for i in range(instances)}
         self.counts = {o: 0 for o in OUTCOMES}
         self.received = 0
@@ -338,10 +352,16 @@ class InferenceServer:
             return self._dropped("shutting_down", "the server is shutting down", rid, level)
         loop = asyncio.get_running_loop()
         try:
-            x, decode_ms = await loop.run_in_executor(self.pre_pool, timed_decode, body, request.content_type,
-                                                      request.headers.get(P.H_SHAPE), self.host.input_shape)
+            if self.line is None:
+                x, decode_ms = await loop.run_in_executor(self.pre_pool, timed_decode, body, request.content_type,
+                                                          request.headers.get(P.H_SHAPE), self.host.input_shape)
+            else:
+                x, decode_ms = await self._decode_latest(source, body, request.content_type,
+                                                         request.headers.get(P.H_SHAPE))
         except BadPayload as exc:
             return self._bad(str(exc), rid)
+        except StaleFrame:
+            return self._dropped("stale", DECODE_STALE, rid, level)
         entered = time.perf_counter()
         req = Req(x, source, received, (entered - received) * 1000.0, decode_ms, loop.create_future(), level)
         for p in self.batcher.offer(req, source, entered, level, received, deadline, frame):
@@ -373,6 +393,41 @@ class InferenceServer:
                    P.H_INSTANCE: str(inst), P.H_REQUEST_ID: rid, P.H_PRIORITY: str(level)}
         return web.Response(text=json.dumps({"outputs": result}), content_type="application/json", headers=headers)
 
+    async def _decode_latest(self, source: int, body: bytes, content_type: str, shape: str | None):
+        """Wait in the decode line (raises :class:`StaleFrame` if a newer frame of ``source`` replaces
+        this one), then decode on a pre-processing thread. Tensor bodies take the same line."""
+        loop = asyncio.get_running_loop()
+        ticket = loop.create_future()  # True: a thread is ours; False: replaced (stale)
+        start, stale = self.line.arrive(source, ticket)
+        if stale is not None and not stale.done():  # done: its request went away (cancelled)
+            stale.set_result(False)
+        if start:
+            ticket.set_result(True)
+        try:
+            go = await ticket
+        except asyncio.CancelledError:
+            # the request went away: leave the line, or hand on the thread it was just given
+            if not self.line.withdraw(source, ticket) and ticket.done() and not ticket.cancelled() \
+                    and ticket.result():
+                self._next_decode()
+            raise
+        if not go:
+            raise StaleFrame
+        try:
+            return await loop.run_in_executor(self.pre_pool, timed_decode, body, content_type, shape,
+                                              self.host.input_shape)
+        finally:
+            self._next_decode()
+
+    def _next_decode(self) -> None:
+        """A decode thread finished: it takes the head of the line (skipping requests gone meanwhile)."""
+        while (ticket := self.line.finish()) is not None:
+            if not ticket.done():
+                ticket.set_result(True)
+                break
+        if self.draining:
+            self.wake.set()  # the batcher loop may be waiting for the decode line to empty before it stops
+
     def _dropped(self, reason: str, detail: str, rid: str, level: int | None = None) -> web.Response:
         self.counts[reason] += 1
         headers = {P.H_DROP: reason, P.H_REQUEST_ID: rid}
@@ -399,6 +454,11 @@ class InferenceServer:
                   "# TYPE capsim_queue_length gauge", f"capsim_queue_length {self.batcher.qlen}",
                   "# HELP capsim_batches_in_flight Batches running on model instances.",
                   "# TYPE capsim_batches_in_flight gauge", f"capsim_batches_in_flight {self.in_flight}"]
+        if self.line is not None:
+            lines += ["# HELP capsim_decode_waiting Frames waiting for a decode thread (at most one per camera).",
+                      "# TYPE capsim_decode_waiting gauge", f"capsim_decode_waiting {self.line.waiting}",
+                      "# HELP capsim_decode_busy Decode threads working on a frame.",
+                      "# TYPE capsim_decode_busy gauge", f"capsim_decode_busy {self.line.busy}"]
         if self.n_levels > 1:
             lines += ["# HELP capsim_requests_by_level_total Inference requests by priority level and outcome.",
                       "# TYPE capsim_requests_by_level_total counter"]
@@ -452,7 +512,7 @@ class InferenceServer:
                 if self.scaler is not None:
                     self.scaler.batch_start(inst, now)
                 asyncio.ensure_future(self._run_batch(inst, batch, now))
-            if self.draining and not self.batcher.qlen and not self.in_flight:
+            if self.draining and not self.batcher.qlen and not self.in_flight and self._decode_idle():
                 return
             wake = self.batcher.next_wake(now)
             self.wake.clear()  # no await since take(): nothing can have set it in between
@@ -461,6 +521,10 @@ class InferenceServer:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
+
+    def _decode_idle(self) -> bool:
+        """No frame waits for or is in decode in the --decode-latest line (always True without it)."""
+        return self.line is None or not (self.line.busy or self.line.waiting)
 
     async def _run_batch(self, inst: int, batch: list, started: float) -> None:
         loop = asyncio.get_running_loop()

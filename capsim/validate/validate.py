@@ -414,18 +414,25 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
                      per_source_max_size: int = 1, on_full: str = "drop_oldest", jitter_ms: float = 2.0,
                      payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, burst: float | None = None,
                      burst_s: float = 2.0, calm_s: float = 6.0, threads: int | None = None,
-                     progress=None) -> Validation:
+                     progress=None, decode_latest: bool = False) -> Validation:
     """The seed's multi-camera pipeline: camera streams into a server with per-camera caps; tail
     latency and the drop rate, predicted against measured, for each config (the load is the
     cameras' own rate, often above capacity: the caps keep latency bounded by dropping). With
     ``burst``, every camera runs ``burst`` times faster during shared bursts, and the p95 and
-    drop rate of the frames sent inside bursts are compared too."""
+    drop rate of the frames sent inside bursts are compared too. With ``decode_latest`` the server
+    runs ``--decode-latest`` and the prediction ``queue.preprocess_latest``."""
     from capsim.config import Arrivals
     from capsim.profile import load_profile
     from capsim.simulate import simulate
     from capsim.validate.load import parse_streams
 
     say = progress or (lambda msg: None)
+    if decode_latest:
+        from capsim.config import Queue
+
+        if "preprocess_latest" not in getattr(Queue, "__dataclass_fields__", {}):
+            raise CapsimError("--decode-latest: this capsim's simulator has no queue.preprocess_latest to predict "
+                              "it with; update capsim or remove --decode-latest")
     groups = parse_streams(streams, jitter_ms)
     arrivals = Arrivals(process="streams", streams=groups)
     if burst is not None:
@@ -448,6 +455,9 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
         sc.queue.on_full = on_full
         args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}",
                                       "--per-source-max-size", str(per_source_max_size), "--on-full", on_full]
+        if decode_latest:
+            sc.queue.preprocess_latest = True
+            args.append("--decode-latest")
         say(f"B={b} D={d:g} ms, {streams} with a cap of {per_source_max_size} per camera ({on_full})")
         with ServerProcess(args) as srv:
             _warm_up(srv.url, 5.0 / 0.3, seed, payload, shape)
@@ -492,7 +502,8 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
                       {"duration_s": duration, "streams": streams, "burst": burst, "burst_s": burst_s,
                        "calm_s": calm_s, "threads": threads, "per_source_max_size": per_source_max_size,
                        "on_full": on_full, "jitter_ms": jitter_ms, "payload": payload, "backend": backend,
-                       "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
+                       "preprocess_workers": preprocess_workers, "decode_latest": decode_latest, "seed": seed,
+                       "warmup_fraction": WARMUP_FRACTION})
 
 
 # --------------------------------------------------------------------------- output
@@ -592,6 +603,8 @@ def cmd_validate(args) -> int:
         raise CapsimError(f"--threads: must be >= 1, got {args.threads}")
     if args.burst is not None and not args.streams:
         raise CapsimError("--burst: only applies with --streams; remove it or add e.g. --streams 6x25fps")
+    if args.decode_latest and not args.streams:
+        raise CapsimError("--decode-latest: only applies with --streams; remove it or add e.g. --streams 6x25fps")
     if args.out and not args.out.lower().endswith((".html", ".htm", ".json")):
         raise CapsimError(f"--out {args.out}: write a .html or .json validation report")
     t0 = time.perf_counter()
@@ -604,7 +617,7 @@ def cmd_validate(args) -> int:
         v = validate_streams(args.model, args.backend, args.profile, configs, args.streams, args.duration,
                              args.per_source_max_size, args.on_full, args.jitter_ms, args.payload,
                              args.preprocess_workers, args.seed, args.burst, args.burst_s, args.calm_s, args.threads,
-                             progress=say)
+                             progress=say, decode_latest=args.decode_latest)
     else:
         v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances,
                      args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
