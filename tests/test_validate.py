@@ -98,3 +98,16 @@ def test_camera_validation_compares_the_bursts(tiny_profile):
     assert math.isfinite(c.errors_pct["burst_p95"])
     # the server ran the model with the threads it was calibrated with
     assert v.settings["burst"] == 3.0 and v.settings["threads"] == json.load(open(tiny_profile))["hardware"]["threads_used"]
+
+
+def test_camera_validation_with_the_latest_frame_decode_line(tiny_profile):
+    from capsim.validate.validate import validate_streams
+
+    # 6 cameras x 60 fps = 360 fps into one decode thread (~5 ms a JPEG here: ~200 fps)
+    v = validate_streams("tiny_cnn", "onnxruntime", tiny_profile, [(4, 5.0)], "6x60fps", duration=4.0,
+                         decode_latest=True)
+    (c,) = v.cells
+    assert v.settings["decode_latest"] is True
+    assert c.predicted["stable"]  # the decode line sheds the overload instead of piling it up
+    for side in (c.predicted, c.measured):
+        assert 0.2 < side["drop_rate"] < 0.8 and side["p95"] < 200

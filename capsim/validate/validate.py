@@ -427,12 +427,6 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
     from capsim.validate.load import parse_streams
 
     say = progress or (lambda msg: None)
-    if decode_latest:
-        from capsim.config import Queue
-
-        if "preprocess_latest" not in getattr(Queue, "__dataclass_fields__", {}):
-            raise CapsimError("--decode-latest: this capsim's simulator has no queue.preprocess_latest to predict "
-                              "it with; update capsim or remove --decode-latest")
     groups = parse_streams(streams, jitter_ms)
     arrivals = Arrivals(process="streams", streams=groups)
     if burst is not None:
