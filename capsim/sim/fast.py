@@ -169,11 +169,7 @@ def _admit(status, drop_reason, drop_t, nxt, qlen, head, a, max_size, drop_oldes
         sid = src[nxt]
         if src_count[sid] >= pcap:
             if drop_oldest:  # evict the source's oldest queued request
-                h = src_head[sid]
-                while status[src_pos[h]] != 1:
-                    h += 1
-                src_head[sid] = h
-                o = src_pos[h]
+                o = _oldest_of(status, src_pos, src_head, sid)
                 status[o] = 3
                 drop_reason[o] = 2
                 drop_t[o] = a
@@ -267,13 +263,14 @@ def _pick(idle, busy_on, K, dispatch, last):
 
 
 @njit(cache=True)
-def _lane_oldest(status, lane_pos, lane_head, lv):
-    """LaneQueue.oldest_in_lane: position of level ``lv``'s oldest queued request (it must have one)."""
-    h = lane_head[lv]
-    while status[lane_pos[h]] != 1:
+def _oldest_of(status, pos, head, k):
+    """Position of the oldest queued request of group ``k`` (a level or a source; it must have one):
+    ``pos`` lists each group's positions in order, ``head[k]`` is where the scan resumes."""
+    h = head[k]
+    while status[pos[h]] != 1:
         h += 1
-    lane_head[lv] = h
-    return lane_pos[h]
+    head[k] = h
+    return pos[h]
 
 
 @njit(cache=True)
@@ -286,11 +283,7 @@ def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
         sid = src[nxt]
         if src_count[sid] >= pcap:
             if ldrop[lv]:  # evict the source's oldest queued request (any level)
-                h = src_head[sid]
-                while status[src_pos[h]] != 1:
-                    h += 1
-                src_head[sid] = h
-                o = src_pos[h]
+                o = _oldest_of(status, src_pos, src_head, sid)
                 status[o] = 3
                 drop_reason[o] = 2
                 drop_t[o] = a
@@ -305,7 +298,7 @@ def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
     cap = lcap[lv]
     if cap > 0 and lane_count[lv] >= cap:
         if ldrop[lv]:  # evict the oldest queued request of the same level
-            o = _lane_oldest(status, lane_pos, lane_head, lv)
+            o = _oldest_of(status, lane_pos, lane_head, lv)
             status[o] = 3
             drop_reason[o] = 2
             drop_t[o] = a
@@ -335,7 +328,7 @@ def _expire_lanes(status, drop_reason, drop_t, entry, qlen, t, src, src_count, p
         if to == 0:
             continue
         while lane_count[lv] > 0:
-            o = _lane_oldest(status, lane_pos, lane_head, lv)
+            o = _oldest_of(status, lane_pos, lane_head, lv)
             dl = entry[o] + to
             if dl >= t:
                 break
@@ -556,7 +549,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                     if want > 0 and n_lev > 0:  # LaneQueue.take: the highest level first, FIFO within
                         for lv in range(n_lev):
                             while k < want and lane_count[lv] > 0:
-                                p = _lane_oldest(status, lane_pos, lane_head, lv)
+                                p = _oldest_of(status, lane_pos, lane_head, lv)
                                 status[p] = 2
                                 batch_of[p] = nb
                                 k += 1
