@@ -74,10 +74,7 @@ class LaneQueue(RequestQueue):
 
     def oldest_in_lane(self, lv: int) -> int:
         """Request index of the oldest queued request of level ``lv`` (which must have one)."""
-        fifo = self.lane_fifo[lv]
-        while self.status[fifo[0]] != QUEUED:
-            fifo.popleft()
-        return fifo[0]
+        return self._oldest_in(self.lane_fifo[lv])
 
     def _left(self, i: int) -> None:
         super()._left(i)

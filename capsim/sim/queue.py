@@ -81,7 +81,11 @@ class RequestQueue:
         return float(self.entry[self.oldest()])
 
     def oldest_of(self, s: int) -> int:
-        fifo = self.src_fifo[s]
+        """Request index of source ``s``'s oldest queued request (it must have one)."""
+        return self._oldest_in(self.src_fifo[s])
+
+    def _oldest_in(self, fifo: deque) -> int:
+        """The oldest still-queued request of a group's FIFO; requests that left are dropped from its front."""
         while self.status[fifo[0]] != QUEUED:
             fifo.popleft()
         return fifo[0]
