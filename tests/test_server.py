@@ -157,6 +157,29 @@ def test_graceful_shutdown_finishes_what_it_accepted(jpegs):
     assert "completed 6" in err
 
 
+def test_graceful_shutdown_waits_for_requests_still_decoding():
+    # Two 4000x3000 JPEGs take ~0.2 s each on the one decode thread: SIGTERM arrives while the
+    # first decodes and the second waits for the thread. Both were accepted, so both are answered.
+    big = make_jpegs(1, size=(4000, 3000))[0]
+    srv = Server("--model", "noop", "--max-batch-size", "1", "--max-queue-delay-ms", "0")
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            tasks = [asyncio.ensure_future(_send(s, srv.url, big)) for _ in range(2)]
+            for _ in range(2000):  # until the server has read both (the first is then decoding)
+                if (await asyncio.to_thread(_metrics, srv.url)).get("capsim_requests_received_total", 0) >= 2:
+                    break
+                await asyncio.sleep(0.005)
+            srv.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    res = asyncio.run(go())
+    _, err = srv.proc.communicate(timeout=60)
+    assert srv.proc.returncode == 0
+    assert [st for st, _, _ in res] == [200, 200]
+    assert "completed 2" in err
+
+
 # --------------------------------------------------------------------------- production policies
 
 

@@ -294,6 +294,7 @@ class InferenceServer:
         self.lat_sum = 0.0
         self.in_flight = 0
         self.draining = False
+        self.decoding = 0  # accepted requests not yet in the batcher (decoding): a drain waits for them
         self.wake = asyncio.Event()
         self.loop_task: asyncio.Task | None = None
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -351,6 +352,7 @@ class InferenceServer:
         if self.draining:
             return self._dropped("shutting_down", "the server is shutting down", rid, level)
         loop = asyncio.get_running_loop()
+        self.decoding += 1
         try:
             if self.line is None:
                 x, decode_ms = await loop.run_in_executor(self.pre_pool, timed_decode, body, request.content_type,
@@ -362,6 +364,10 @@ class InferenceServer:
             return self._bad(str(exc), rid)
         except StaleFrame:
             return self._dropped("stale", DECODE_STALE, rid, level)
+        finally:
+            self.decoding -= 1
+            if self.draining:
+                self.wake.set()  # the batcher loop stops only once nothing it accepted is still decoding
         entered = time.perf_counter()
         req = Req(x, source, received, (entered - received) * 1000.0, decode_ms, loop.create_future(), level)
         for p in self.batcher.offer(req, source, entered, level, received, deadline, frame):
@@ -512,7 +518,8 @@ class InferenceServer:
                 if self.scaler is not None:
                     self.scaler.batch_start(inst, now)
                 asyncio.ensure_future(self._run_batch(inst, batch, now))
-            if self.draining and not self.batcher.qlen and not self.in_flight and self._decode_idle():
+            if self.draining and not self.batcher.qlen and not self.in_flight and not self.decoding \
+                    and self._decode_idle():
                 return
             wake = self.batcher.next_wake(now)
             self.wake.clear()  # no await since take(): nothing can have set it in between
