@@ -166,3 +166,12 @@ class TimerBatcher:
             n = len(members)
             t0 = q.entry[members[0]] if n else q.next_entry(1)
         return min(t0 + self.D, q.next_entry(self.B - n))
+
+
+def make_batcher(b, simple: bool) -> TritonBatcher | TimerBatcher:
+    """The batcher of ``batching`` section ``b`` (times in ns); ``simple``: the queue never drops,
+    so the timer batcher may count positions instead of tracking members."""
+    delay_ns = int(round(b.max_queue_delay_ms * 1e6))
+    if b.mode == "triton":
+        return TritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes)
+    return TimerBatcher(b.max_batch_size, delay_ns, simple)

@@ -32,7 +32,7 @@ import simpy
 from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario
 from capsim.errors import CapsimError
-from capsim.sim.batcher import TimerBatcher, TritonBatcher
+from capsim.sim.batcher import make_batcher
 from capsim.sim.devices import InstancePool
 from capsim.sim.engine import NS, INF, ReplicationTrace, SimPyEngine, _Run
 from capsim.sim.queue import ContiguousQueue, Intake
@@ -150,12 +150,7 @@ class _ClosedRun(_Run):
 
         self.q = _GrowingQueue(n)
         self.intake = Intake(self.q, None, None)
-        b = sc.batching
-        delay_ns = int(round(b.max_queue_delay_ms * 1e6))
-        if b.mode == "triton":
-            self.batcher = TritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes)
-        else:
-            self.batcher = TimerBatcher(b.max_batch_size, delay_ns, True)
+        self.batcher = make_batcher(sc.batching, True)
         N = sc.instances
         self.pool = InstancePool(sc, N)  # devices and the dispatch policy as in the reference engine
         self.idle_since = [0] * N

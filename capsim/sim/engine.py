@@ -18,7 +18,7 @@ from capsim.config import Scenario, busy_per_device, max_instances
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim import lanes
 from capsim.sim.autoscale import Autoscaler
-from capsim.sim.batcher import TimerBatcher, TritonBatcher
+from capsim.sim.batcher import make_batcher
 from capsim.sim.devices import InstancePool
 from capsim.sim.network import queue_entry, respond
 from capsim.sim.queue import (
@@ -151,12 +151,7 @@ class _Run:
                                self.drop_t, track_sources=per_source)
             self.intake = Intake(self.q, admission, timeout)
 
-            b = sc.batching
-            delay_ns = int(round(b.max_queue_delay_ms * 1e6))
-            if b.mode == "triton":
-                self.batcher = TritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes)
-            else:
-                self.batcher = TimerBatcher(b.max_batch_size, delay_ns, self.intake.simple)
+            self.batcher = make_batcher(sc.batching, self.intake.simple)
 
         N = sc.instances
         self.pool = InstancePool(sc, N)  # idle instances, the dispatch policy, busy per device

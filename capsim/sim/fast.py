@@ -227,15 +227,9 @@ def _purge(status, drop_reason, drop_t, arr_q, head, qlen, deadline, now, src, s
         head = _oldest(status, head)
         if arr_q[head] + deadline >= now:
             break
-        status[head] = 3
-        drop_reason[head] = 5
-        drop_t[head] = now
+        _unqueue(status, drop_reason, drop_t, head, 5, now, src, src_count, pcap, lvl, lane_count)
         qlen -= 1
         k += 1
-        if pcap > 0:
-            src_count[src[head]] -= 1
-        if lane_count.shape[0] > 0:
-            lane_count[lvl[head]] -= 1
     return head, qlen, k
 
 
@@ -274,6 +268,19 @@ def _oldest_of(status, pos, head, k):
 
 
 @njit(cache=True)
+def _unqueue(status, drop_reason, drop_t, o, reason, t, src, src_count, pcap, lvl, lane_count):
+    """Drop queued request ``o`` at ``t`` with ``reason`` and take it off the per-source and
+    per-level counts (the caller lowers qlen)."""
+    status[o] = 3
+    drop_reason[o] = reason
+    drop_t[o] = t
+    if pcap > 0:
+        src_count[src[o]] -= 1
+    if lane_count.shape[0] > 0:
+        lane_count[lvl[o]] -= 1
+
+
+@njit(cache=True)
 def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap, src_pos, src_head,
                 lvl, lane_count, lane_pos, lane_head, lcap, ldrop):
     """LaneAdmission.admit_next: the per-source cap, then the arrival's own level's cap, each with
@@ -284,12 +291,8 @@ def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
         if src_count[sid] >= pcap:
             if ldrop[lv]:  # evict the source's oldest queued request (any level)
                 o = _oldest_of(status, src_pos, src_head, sid)
-                status[o] = 3
-                drop_reason[o] = 2
-                drop_t[o] = a
+                _unqueue(status, drop_reason, drop_t, o, 2, a, src, src_count, pcap, lvl, lane_count)
                 qlen -= 1
-                src_count[sid] -= 1
-                lane_count[lvl[o]] -= 1
             else:
                 status[nxt] = 3
                 drop_reason[nxt] = 1
@@ -299,13 +302,8 @@ def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
     if cap > 0 and lane_count[lv] >= cap:
         if ldrop[lv]:  # evict the oldest queued request of the same level
             o = _oldest_of(status, lane_pos, lane_head, lv)
-            status[o] = 3
-            drop_reason[o] = 2
-            drop_t[o] = a
+            _unqueue(status, drop_reason, drop_t, o, 2, a, src, src_count, pcap, lvl, lane_count)
             qlen -= 1
-            lane_count[lv] -= 1
-            if pcap > 0:
-                src_count[src[o]] -= 1
         else:
             status[nxt] = 3
             drop_reason[nxt] = 1
@@ -319,7 +317,7 @@ def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
 
 
 @njit(cache=True)
-def _expire_lanes(status, drop_reason, drop_t, entry, qlen, t, src, src_count, pcap, lane_count, lane_pos,
+def _expire_lanes(status, drop_reason, drop_t, entry, qlen, t, src, src_count, pcap, lvl, lane_count, lane_pos,
                   lane_head, lto):
     """LaneTimeout.expire_before: per level (0 first), drop queued requests whose level's deadline
     is strictly before ``t``, recorded at that deadline. Returns the new qlen."""
@@ -332,13 +330,8 @@ def _expire_lanes(status, drop_reason, drop_t, entry, qlen, t, src, src_count, p
             dl = entry[o] + to
             if dl >= t:
                 break
-            status[o] = 3
-            drop_reason[o] = 3
-            drop_t[o] = dl
+            _unqueue(status, drop_reason, drop_t, o, 3, dl, src, src_count, pcap, lvl, lane_count)
             qlen -= 1
-            lane_count[lv] -= 1
-            if pcap > 0:
-                src_count[src[o]] -= 1
     return qlen
 
 
@@ -500,7 +493,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                 if n_lev > 0:
                     if has_lto:
                         qlen = _expire_lanes(status, drop_reason, drop_t, entry, qlen, a, src, src_count, pcap,
-                                             lane_count, lane_pos, lane_head, lto)
+                                             lvl, lane_count, lane_pos, lane_head, lto)
                     nxt, qlen = _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap,
                                             src_pos, src_head, lvl, lane_count, lane_pos, lane_head, lcap, ldrop)
                 else:
@@ -511,7 +504,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                                               src, src_count, pcap)
             if has_lto:
                 qlen = _expire_lanes(status, drop_reason, drop_t, entry, qlen, now, src, src_count, pcap,
-                                     lane_count, lane_pos, lane_head, lto)
+                                     lvl, lane_count, lane_pos, lane_head, lto)
 
         # ---- dispatch while an instance is idle and a batch is ready
         while n_idle > 0:

@@ -39,9 +39,9 @@ from collections import deque
 import numpy as np
 
 from capsim.config import Scenario
-from capsim.sim.batcher import TimerBatcher, TritonBatcher
+from capsim.sim.batcher import TimerBatcher, TritonBatcher, make_batcher
 from capsim.sim.queue import (
-    DISPATCHED, ON_FULL_POLICIES, QUEUED, REJECTED, STALE, STRIDE, TIMEOUT, Admission, Intake, QueueTimeout, RequestQueue,
+    ON_FULL_POLICIES, QUEUED, REJECTED, STALE, STRIDE, TIMEOUT, Admission, Intake, QueueTimeout, RequestQueue,
 )
 
 INF = float("inf")
@@ -90,12 +90,7 @@ class LaneQueue(RequestQueue):
                     self.lane_count[lv] -= 1
             if len(out) == k:
                 break
-        idx = np.asarray(out, dtype=self.order.dtype)
-        self.status[idx] = DISPATCHED
-        self.qlen -= k
-        if self.src_count is not None:
-            np.subtract.at(self.src_count, self.source[idx], 1)
-        return idx
+        return self._taken(np.asarray(out, dtype=self.order.dtype))
 
     def take_indices(self, idx: list[int]) -> np.ndarray:
         arr = super().take_indices(idx)
@@ -258,12 +253,12 @@ def build(sc: Scenario, arr, order: np.ndarray, entry: np.ndarray, arrival_ns: n
     intake = Intake(q, admission, timeout, simple=False)
     delay_ns = int(round(b.max_queue_delay_ms * 1e6))
     stale = StaleDrop(arrival_ns, int(round(qc.deadline_ms * 1e6))) if qc.deadline_ms > 0 else None
-    if b.mode == "triton":
-        batcher = TritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes) if stale is None \
-            else StaleTritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes, stale)
+    if stale is None:
+        batcher = make_batcher(b, False)
+    elif b.mode == "triton":
+        batcher = StaleTritonBatcher(b.max_batch_size, delay_ns, b.preferred_batch_sizes, stale)
     else:
-        batcher = TimerBatcher(b.max_batch_size, delay_ns, False) if stale is None \
-            else StaleTimerBatcher(b.max_batch_size, delay_ns, stale)
+        batcher = StaleTimerBatcher(b.max_batch_size, delay_ns, stale)
     return q, intake, batcher, extras
 
 

@@ -116,8 +116,12 @@ class RequestQueue:
                     out.append(i)
                 p += 1
             idx = np.asarray(out, dtype=order.dtype)
+        return self._taken(idx)
+
+    def _taken(self, idx: np.ndarray) -> np.ndarray:
+        """Mark the requests ``idx`` (all queued) dispatched and take them off the counts."""
         self.status[idx] = DISPATCHED
-        self.qlen -= k
+        self.qlen -= len(idx)
         if self.src_count is not None:
             np.subtract.at(self.src_count, self.source[idx], 1)
         return idx
