@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capsim.config import Scenario, busy_per_device, max_instances
+from capsim import host_cpu
 from capsim.service import ServiceCurve, contention_table
 
 
@@ -58,10 +59,10 @@ def mmc_sojourn(lam: float, mu: float, c: int) -> float:
 def capacity_rps(sc: Scenario) -> float:
     """Throughput bound: every instance (the most autoscaling allows) always busy on full batches,
     at full contention on each device; with a network stage, at most what the link carries."""
-    curve = ServiceCurve(sc.service.curve_ms(), sc.batching.max_batch_size)
     n, k = max_instances(sc), busy_per_device(sc)
-    factor = contention_table(sc.service, k)[k]
-    cap = curve.capacity_rps(n, contention=float(factor))
+    factor = float(contention_table(sc.service, k)[k])
+    cap = host_cpu.sustainable_rps(
+        sc, lambda curve: ServiceCurve(curve, sc.batching.max_batch_size).capacity_rps(n, contention=factor))
     net = sc.network
     if net is not None:
         cap = min(cap, net.bandwidth_mbps * 1e6 / (net.request_kb() * 1024 * 8))
@@ -85,9 +86,9 @@ class Napkin:
 def napkin(sc: Scenario) -> Napkin:
     """max queue delay + pre/post + overhead + compute(B), as in the seed's worked example 1."""
     B = sc.batching.max_batch_size
-    compute = sc.service.curve_ms().get(B)
+    compute = host_cpu.effective_curve_ms(sc).get(B)
     if compute is None:
-        compute = ServiceCurve(sc.service.curve_ms(), B).mean_s(B) * 1000.0
+        compute = ServiceCurve(host_cpu.effective_curve_ms(sc), B).mean_s(B) * 1000.0
     s = sc.service
     prepost = s.preprocess.ms + s.postprocess.ms
     lat = sc.batching.max_queue_delay_ms + prepost + s.overhead_ms + compute
@@ -145,7 +146,7 @@ def predicted_mean_latency_ms(sc: Scenario) -> float | None:
             or s.variability.distribution == "empirical" or q.deadline_ms or sc.priority is not None
             or sc.network is not None or sc.autoscale is not None):
         return None
-    lam, mean = sc.arrivals.rate_rps, s.curve_ms()[1] / 1000.0
+    lam, mean = sc.arrivals.rate_rps, host_cpu.effective_curve_ms(sc)[1] / 1000.0  # slowed by shared cores
     cv = 1.0 if s.variability.distribution == "exponential" else s.variability.cv
     try:
         if sc.instances == 1:

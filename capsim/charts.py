@@ -246,16 +246,23 @@ def all_figures(res: SimulationResult, card: dict, rate: list[dict] | None, knee
 
 
 def predicted_vs_measured(cells: list[dict]) -> go.Figure:
-    """capsim validate: predicted against measured p50/p95/p99 for every config and load, with y = x."""
+    """capsim validate: predicted against measured p50/p95/p99 for every config and load, with y = x;
+    a cell measured several times shows the range of its runs as a horizontal bar."""
     fig = go.Figure()
     top = 0.0
     for key, symbol in (("p50", "circle"), ("p95", "diamond"), ("p99", "square")):
         pts = [(c["measured"][key], c["predicted"][key], f"B={c['max_batch_size']} D={c['max_queue_delay_ms']:g} "
-                f"load {c['load']:.2f}") for c in cells if c["measured"][key] is not None and c["predicted"][key] is not None]
+                f"load {c['load']:.2f}", (c["measured"].get("spread") or {}).get(key))
+               for c in cells if c["measured"][key] is not None and c["predicted"][key] is not None]
         if pts:
-            x, y, text = zip(*pts)
-            top = max(top, max(x), max(y))
+            x, y, text, spread = zip(*pts)
+            top = max(top, max(x), max(y), *(s[1] for s in spread if s))
+            bars = None
+            if any(spread):
+                bars = dict(type="data", symmetric=False, array=[s[1] - m if s else 0 for m, s in zip(x, spread)],
+                            arrayminus=[m - s[0] if s else 0 for m, s in zip(x, spread)], thickness=1)
             fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=key, text=text, marker_symbol=symbol,
+                                     error_x=bars,
                                      hovertemplate="%{text}<br>measured %{x:.1f} ms<br>predicted %{y:.1f} ms"))
     top = top * 1.05 or 1.0
     fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="predicted = measured",

@@ -153,6 +153,25 @@ class Stage:
 
 
 @dataclass
+class CpuSharing:
+    """The model runs on CPU cores that the server's own per-request work (decode, HTTP) also uses.
+
+    That work takes rate x host_ms of CPU per second. Fluid model (:mod:`capsim.host_cpu`): a
+    batch gets only the cores left and runs ``max(1, model_cores / (cores - rate x host_ms))`` times
+    slower than its curve value; with ``slowdown_per_core`` measured, ``1 + k(b) x rate x host_ms``."""
+
+    cores: int = spec(0, "CPU cores the server's process runs on; 0 = the model has its own device (no sharing)",
+                      ge=0, ui_max=64)
+    model_cores: float = spec(0.0, "cores the model keeps busy while it runs (its runtime threads); 0 = all cores",
+                              ge=0, ui_max=64)
+    host_ms: float = spec(0.0, "CPU time per request outside the model on those cores (decode, HTTP, bookkeeping)",
+                          unit="ms", ge=0, ui_max=100)
+    slowdown_per_core: dict[int, float] = spec(
+        help="measured instead of the fluid formula: a batch runs 1 + k x (cores of host work) times slower, "
+             "k by batch size (interpolated in log batch size)", factory=dict)
+
+
+@dataclass
 class Service:
     """Model service time per batch size, and the time spent outside the model."""
 
@@ -177,6 +196,8 @@ class Service:
         help="slowdown factor of a batch by the number of instances busy on the device (1 is always 1.0)",
         factory=dict,
     )
+    cpu_sharing: CpuSharing = spec(help="a CPU model slowed by the server's own work on the same cores",
+                                   factory=CpuSharing)
     # The loaded calibration profile, when `profile` is set; not a user field.
     loaded_profile: Any = field(default=None, repr=False, compare=False, metadata={"internal": True})
 
@@ -643,6 +664,7 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
                         f"device; add it or lower instances")
     if s.contention.get(1, 1.0) != 1.0:
         problems.append("service.contention.1: one busy instance is the reference and must be 1.0")
+    problems += _cpu_sharing_problems(sc)
 
     b = sc.batching
     for i, p in enumerate(b.preferred_batch_sizes):
@@ -732,6 +754,36 @@ def _check_policies(sc: Scenario, problems: list[str]) -> None:
         if d is not None and s.max_instances > d.count * d.instances_per_device:
             problems.append(f"autoscale.max_instances: {s.max_instances} is more than the devices hold "
                             f"({d.count} x {d.instances_per_device}); lower it or add devices")
+
+
+def _cpu_sharing_problems(sc) -> list[str]:
+    cs = sc.service.cpu_sharing
+    if not cs.cores:
+        if cs.model_cores or cs.host_ms or cs.slowdown_per_core:
+            return ["service.cpu_sharing.cores: set the cores the server runs on (model_cores and host_ms "
+                    "need it), or remove the section"]
+        return []
+    out = []
+    if cs.model_cores > cs.cores:
+        out.append(f"service.cpu_sharing.model_cores: {cs.model_cores:g} is more than the {cs.cores} cores; "
+                   "lower it to the model's runtime threads")
+    for b, k in cs.slowdown_per_core.items():
+        if b < 1:
+            out.append(f"service.cpu_sharing.slowdown_per_core.{b}: batch sizes must be >= 1")
+        if not k >= 0:
+            out.append(f"service.cpu_sharing.slowdown_per_core.{b}: must be >= 0 (slower per core of host work), "
+                       f"got {_num(k)}")
+    if cs.slowdown_per_core and cs.model_cores:
+        out.append("service.cpu_sharing.model_cores: not used with slowdown_per_core (the measured factors "
+                   "replace the fluid formula); remove one of the two")
+    if sc.arrivals.offered_rps() is None:
+        out.append(f"service.cpu_sharing: needs a mean arrival rate, which arrivals.process "
+                   f"{sc.arrivals.process} does not define; use poisson, constant, bursty or streams")
+    if sc.devices is not None:
+        out.append("service.cpu_sharing: models one CPU host; remove the devices section")
+    if sc.autoscale is not None:
+        out.append("service.cpu_sharing: not modelled with autoscaling; remove one of the two")
+    return out
 
 
 def busy_per_device(sc: Scenario) -> int:

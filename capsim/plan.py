@@ -21,6 +21,7 @@ from capsim import analytic
 from capsim.config import SLO, Scenario
 from capsim.errors import CapsimError
 from capsim.metrics import SimulationResult, _pname
+from capsim import host_cpu
 from capsim.service import ServiceCurve, contention_table
 from capsim.simulate import simulate
 
@@ -112,10 +113,14 @@ def with_config(sc: Scenario, mode: str, B: int, D: float, N: int) -> Scenario:
 def throughput_bound(sc: Scenario) -> float:
     """Most requests per second the instances could ever complete: the best batch size's rate per
     instance, at the best number of busy instances given the contention slowdown."""
-    curve = ServiceCurve(sc.service.curve_ms(), sc.batching.max_batch_size)
-    per_instance = max(b / curve.seconds[b] for b in range(1, sc.batching.max_batch_size + 1))
     factors = contention_table(sc.service, sc.instances)
-    return float(per_instance * max(k / factors[k] for k in range(1, sc.instances + 1)))
+    busy = max(k / factors[k] for k in range(1, sc.instances + 1))
+
+    def bound_at(curve_ms: dict[int, float]) -> float:
+        curve = ServiceCurve(curve_ms, sc.batching.max_batch_size)
+        return float(busy * max(b / curve.seconds[b] for b in range(1, sc.batching.max_batch_size + 1)))
+
+    return host_cpu.sustainable_rps(sc, bound_at)
 
 
 def judge(res: SimulationResult, slo: SLO) -> tuple[str, float | None, list[float] | None]:

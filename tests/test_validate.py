@@ -39,6 +39,13 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     assert v.overhead["preprocess_ms"] > 0 and math.isfinite(v.overhead["overhead_ms"])
     host = v.overhead["host"]  # the in-server calibration measured batch 1 and full batches of 8
     assert host["bmax"] == 8 and host["compute_ratio_bmax"] > 0 and math.isfinite(host["compute_ratio_bmax"])
+    # the server's CPU per request outside the model was measured, and the model shares the cores
+    from capsim.validate.validate import host_cores
+
+    assert 0 < v.overhead["host_cpu_ms"] < 1000
+    assert host["sharing"]["cores"] == host_cores() and host["sharing"]["host_ms"] == pytest.approx(
+        v.overhead["host_cpu_ms"], abs=1e-4)
+    assert host["calibration_slowdown"] >= 1.0
     for c in v.cells:
         for k in ("p50", "p95", "p99", "throughput"):
             assert c.errors_pct[k] is not None and math.isfinite(c.errors_pct[k]), (c.to_dict(), k)
@@ -112,3 +119,38 @@ def test_camera_validation_with_the_latest_frame_decode_line(tiny_profile):
     assert c.predicted["stable"]  # the decode line sheds the overload instead of piling it up
     for side in (c.predicted, c.measured):
         assert 0.2 < side["drop_rate"] < 0.8 and side["p95"] < 200
+
+
+def test_repeated_cells_report_their_own_noise(tiny_profile):
+    from capsim.validate.validate import table
+
+    v = validate("tiny_cnn", "onnxruntime", tiny_profile, [(4, 5.0)], [0.3], duration=2.0, overhead_duration=2.0,
+                 repeat=3)
+    (c,) = v.cells
+    assert c.measured["runs"] == 3 and v.settings["repeat"] == 3
+    for k in ("p50", "p95", "p99"):
+        lo, hi = c.measured["spread"][k]
+        assert lo <= c.measured[k] <= hi  # the median of the three runs
+        assert c.noise_pct[k] == pytest.approx(100 * (hi - lo) / 2 / c.measured[k])
+    assert v.median_noise("p95") == c.noise_pct["p95"]
+    text = table(v)
+    assert "p95 noise%" in text and "the measurement's own noise" in text
+    from capsim import charts
+
+    fig = charts.predicted_vs_measured([c.to_dict()])  # the runs' range as a bar around the median
+    p95 = next(t for t in fig.data if t.name == "p95")
+    lo, hi = c.measured["spread"]["p95"]
+    assert p95.error_x.array[0] == pytest.approx(hi - c.measured["p95"])
+    assert p95.error_x.arrayminus[0] == pytest.approx(c.measured["p95"] - lo)
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--repeat", "0"], "--repeat"),
+    (["--repeat", "2", "--streams", "2x10fps"], "--repeat"),
+])
+def test_cli_refuses_bad_repeats(tiny_profile, argv, field):
+    r = subprocess.run([sys.executable, "-m", "capsim.cli", "validate", "--model", "tiny_cnn", "--profile",
+                        tiny_profile, *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and field in lines[0]

@@ -15,6 +15,7 @@ import simpy
 
 from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario, busy_per_device, max_instances
+from capsim import host_cpu
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim import lanes
 from capsim.sim.autoscale import Autoscaler
@@ -83,7 +84,7 @@ class SimPyEngine:
 
     def __init__(self, scenario: Scenario):
         self.sc = scenario
-        self.curve = ServiceCurve(scenario.service.curve_ms(), scenario.batching.max_batch_size)
+        self.curve = ServiceCurve(host_cpu.effective_curve_ms(scenario), scenario.batching.max_batch_size)
         # Python lists: read once per batch on the hot path, where numpy scalars are slow.
         self.mean_ns = (self.curve.seconds * NS).tolist()
         # Indexed by the busy instances on the batch's device (the most there can be: busy_per_device).

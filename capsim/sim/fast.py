@@ -25,6 +25,7 @@ from numba import njit
 
 from capsim.arrivals import ArrivalStream
 from capsim.config import Scenario, busy_per_device
+from capsim import host_cpu
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim.engine import _DRAW_CHUNK, NS, ReplicationTrace, SimPyEngine
 from capsim.sim.network import queue_entry, respond
@@ -801,7 +802,7 @@ class FastEngine:
             self.fallback = SimPyEngine(scenario)
             return
         b = scenario.batching
-        self.curve = ServiceCurve(scenario.service.curve_ms(), b.max_batch_size)
+        self.curve = ServiceCurve(host_cpu.effective_curve_ms(scenario), b.max_batch_size)
         self.mean_ns = np.ascontiguousarray(self.curve.seconds * NS, dtype=np.float64)
         # Indexed by the busy instances on the batch's device, as in the SimPy engine.
         self.contention = np.ascontiguousarray(contention_table(scenario.service, busy_per_device(scenario)),

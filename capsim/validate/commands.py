@@ -262,6 +262,12 @@ def add_validate_parser(sub) -> None:
                    "the profile was calibrated with, so the model runs as it was measured)")
     v.add_argument("--no-host-calibration", action="store_true",
                    help="predict from the profile as measured alone, without the light-load run inside the server")
+    v.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="measure each cell N times (going round the loads) and compare the median; the runs' "
+                        "spread is reported as the measurement's own noise (default 1)")
+    v.add_argument("--no-cpu-sharing", action="store_true",
+                   help="predict as if the model had its cores to itself (no service.cpu_sharing from the "
+                        "measured CPU per request)")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import signal
 import subprocess
@@ -151,11 +152,12 @@ class Cell:
     measured: dict
     errors_pct: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)   # stage -> (predicted ms, measured ms, error %)
+    noise_pct: dict = field(default_factory=dict)  # percentile -> half the range of repeated runs, % (None: one run)
 
     def to_dict(self) -> dict:
         return {"max_batch_size": self.max_batch_size, "max_queue_delay_ms": self.max_queue_delay_ms,
                 "load": self.load, "rate_rps": self.rate_rps, "predicted": self.predicted, "measured": self.measured,
-                "errors_pct": self.errors_pct, "stages": self.stages}
+                "errors_pct": self.errors_pct, "stages": self.stages, "noise_pct": self.noise_pct}
 
 
 def _err(pred, meas) -> float | None:
@@ -178,22 +180,58 @@ class Validation:
                 and c.errors_pct.get(key) is not None]
         return float(np.median(errs)) if errs else None
 
+    def median_noise(self, key: str, max_load: float = TARGET_MAX_LOAD) -> float | None:
+        """The measurement's own repeatability: median over the cells of half the range of their runs."""
+        vals = [c.noise_pct[key] for c in self.cells if c.load <= max_load + 1e-9
+                and c.noise_pct.get(key) is not None]
+        return float(np.median(vals)) if vals else None
+
     def to_dict(self) -> dict:
         return {"model": self.model, "profile": self.profile, "overhead": self.overhead, "settings": self.settings,
                 "cells": [c.to_dict() for c in self.cells],
                 "median_abs_error_pct": {k: self.median_abs_error(k) for k in ("p50", "p95", "p99", "throughput")},
+                "median_noise_pct": {k: self.median_noise(k) for k in ("p50", "p95", "p99")},
                 "target": {"median_abs_error_pct": TARGET_ERROR_PCT, "loads_up_to": TARGET_MAX_LOAD},
                 "generator_cpu_percent": self.generator_cpu_percent}
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU time (user + system, every thread) a process has used so far; None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def host_cores() -> int:
+    """The cores this process (and the server it starts) may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def measure_overhead(shape, payload: str, preprocess_workers: int, duration: float, rate: float, seed: int,
                      say) -> dict:
-    """The server's cost that is not the model: noop model, B=1, D=0, a light Poisson load."""
+    """The server's cost that is not the model: noop model, B=1, D=0, a light Poisson load.
+
+    Besides the times, it measures the CPU each request costs outside the model (``host_cpu_ms``:
+    the server process's CPU time plus the load generator's, per completed request), which the
+    model shares its cores with on a CPU host (``service.cpu_sharing``)."""
     say(f"measuring the server's own overhead (noop model, {rate:g} rps for {duration:g} s)")
     with ServerProcess(["--model", "noop", "--input-shape", "x".join(map(str, shape)), "--max-batch-size", "1",
                         "--max-queue-delay-ms", "0", "--preprocess-workers", str(preprocess_workers)]) as srv:
+        cpu0 = process_cpu_s(srv.proc.pid)
         res = _load(srv.url, rate, duration, seed, payload, shape)
+        cpu1 = process_cpu_s(srv.proc.pid)
     ok = _measured(res.rows)
+    done = sum(1 for r in res.rows if r["outcome"] == "ok")
+    host_cpu_ms = None
+    if cpu0 is not None and cpu1 is not None and done:
+        generator_s = res.summary["generator_cpu_percent"] / 100.0 * res.summary["elapsed_s"]
+        host_cpu_ms = (cpu1 - cpu0 + generator_s) * 1000.0 / done
     if len(ok) < 10:
         raise CapsimError("validate: the noop server completed too few requests to measure its overhead")
     pre = _mean(ok, P.H_PREPROCESS)   # decode and the little wait for the decode thread at this light load
@@ -203,7 +241,7 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
     # everything that is neither decode nor compute is per-request overhead.
     return {"preprocess_ms": _mean(ok, P.H_DECODE), "overhead_ms": lat - pre - compute, "latency_ms": lat,
             "server_total_ms": _mean(ok, P.H_SERVER_TOTAL), "queue_wait_ms": _mean(ok, P.H_QUEUE_WAIT),
-            "gap_ms": lat - _mean(ok, P.H_SERVER_TOTAL), "requests": len(ok)}
+            "gap_ms": lat - _mean(ok, P.H_SERVER_TOTAL), "requests": len(ok), "host_cpu_ms": host_cpu_ms}
 
 
 def measure_host(server_args: list[str], prof, shape, payload: str, rate: float, duration: float, seed: int,
@@ -214,34 +252,40 @@ def measure_host(server_args: list[str], prof, shape, payload: str, rate: float,
     event loop and the load generator share the cores with it. One run of the real server (B=1,
     D=0, at ``rate``) measures the compute time per batch of 1 and the decode time as they are
     there; a second run with full batches of the largest size the cells use (``largest_batch``)
-    measures how that batch slows. The two ratios to the profile scale its curve (interpolated in
+    measures how that batch runs. The two ratios to the profile scale its curve (interpolated in
     log batch size, :func:`host_ratio`), and the decode time becomes the pre-processing stage.
     Measured once, before and apart from the cells it predicts.
     """
-    say(f"measuring the model and the decoder inside the server (B=1, D=0, {rate:.1f} rps for {duration:g} s)")
-    with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
-        _warm_up(srv.url, rate, seed, payload, shape)  # as before every cell: the first runs of a session are slow
-        res = _load(srv.url, rate, duration, seed + 7, payload, shape)
-    ok = _measured(res.rows)
-    if len(ok) < 10:
-        raise CapsimError("validate: the model server completed too few requests in its calibration run")
-    # The profile's curve is medians: compare like with like (one slow call must not scale every batch).
-    times = np.array([r[P.H_COMPUTE] for r in ok])
-    compute = float(np.median(times))
-    out = {"compute_b1_ms": compute, "profile_b1_ms": prof.curve_ms()[1], "compute_ratio": compute / prof.curve_ms()[1],
-           # the spread of compute times in the server (other threads interrupt it), for the variability
-           "compute_cv": float(np.std(times) / np.mean(times)),
-           "decode_ms": _mean(ok, P.H_DECODE), "requests": len(ok), "rate_rps": rate}
+    out = _measure_batch_one(server_args, prof, shape, payload, rate, duration, seed + 7, say)
     measured = [k for k in prof.curve_ms() if k <= (largest_batch or 1)]
     if max(measured) > 1:  # the largest batch the cells use that the profile measured
         out.update(_measure_full_batches(server_args, prof, shape, payload, max(measured), duration, seed, say))
     return out
 
 
+def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration: float, seed: int, say) -> dict:
+    """Batch 1 (B=1, D=0) inside the server at a Poisson ``rate``: compute and decode times."""
+    say(f"measuring the model and the decoder inside the server (B=1, D=0, {rate:.1f} rps for {duration:g} s)")
+    with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
+        _warm_up(srv.url, rate, seed, payload, shape)  # as before every cell: the first runs of a session are slow
+        res = _load(srv.url, rate, duration, seed, payload, shape)
+    ok = _measured(res.rows)
+    if len(ok) < 10:
+        raise CapsimError("validate: the model server completed too few requests in its calibration run")
+    # The profile's curve is medians: compare like with like (one slow call must not scale every batch).
+    times = np.array([r[P.H_COMPUTE] for r in ok])
+    compute = float(np.median(times))
+    return {"compute_b1_ms": compute, "profile_b1_ms": prof.curve_ms()[1], "compute_ratio": compute / prof.curve_ms()[1],
+            # the spread of compute times in the server (other threads interrupt it), for the variability
+            "compute_cv": float(np.std(times) / np.mean(times)),
+            "decode_ms": _mean(ok, P.H_DECODE), "requests": len(ok), "rate_rps": rate}
+
+
 def _measure_full_batches(server_args, prof, shape, payload, b: int, duration: float, seed: int, say) -> dict:
     """Compute time of full batches of ``b`` inside the server: ``b`` closed-loop clients against a
-    server that waits (up to 10 s) for ``b`` requests, so every batch is full. Batch 1 alone does
-    not tell how bigger batches slow down next to the decode threads and the event loop."""
+    server that waits (up to 10 s) for ``b`` requests, so every batch is full (and decoded before
+    it runs: nothing is decoded beside it). Batch 1 alone does not tell how bigger batches run
+    next to the decode threads and the event loop."""
     from capsim.validate.load import LoadSpec, run_load
 
     say(f"measuring full batches of {b} inside the server ({b} closed-loop clients for {duration:g} s)")
@@ -260,8 +304,10 @@ def _measure_full_batches(server_args, prof, shape, payload, b: int, duration: f
 
 def host_ratio(host: dict, b: int) -> float:
     """How much slower than the profile a batch of ``b`` runs inside the server: the measured
-    ratios at batch 1 and at the largest batch, interpolated in log(batch size) between them."""
-    r1 = host["compute_ratio"]
+    ratios at batch 1 and at the largest batch, interpolated in log(batch size) between them.
+    With CPU sharing the batch-1 ratio is the one with the host's own work taken out
+    (:func:`share_cores`): the scenario's ``cpu_sharing`` puts it back at each cell's rate."""
+    r1 = host.get("compute_ratio_alone", host["compute_ratio"])
     if "compute_ratio_bmax" not in host or b <= 1:
         return r1
     bmax, rmax = host["bmax"], host["compute_ratio_bmax"]
@@ -286,6 +332,8 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
                "variability": {"distribution": "gamma", "cv": max(cv, 0.01)},
                "contention": {int(k): float(v["factor"]) for k, v in
                               ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
+        if host.get("sharing"):
+            svc["cpu_sharing"] = dict(host["sharing"])
         pre_ms = host["decode_ms"]
     data = {"name": f"validate-B{b}-D{d:g}",
             "arrivals": {"process": "poisson", "rate_rps": rate},
@@ -299,6 +347,28 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
     return parse_scenario(data)
 
 
+def share_cores(host: dict, overhead: dict, threads: int | None, instances: int, cores: int | None = None) -> None:
+    """Add ``service.cpu_sharing`` (the fluid model) to ``host``: this machine's cores, the cores
+    the model keeps busy (its runtime threads), the CPU per request outside the model from the
+    noop run. The batch-1 calibration ran open loop at ``host['rate_rps']`` with that work beside
+    it, so its ratio is divided by the slowdown there; the full-batch run alternates decoding and
+    compute (closed loop), so its ratio stands. Without a CPU measurement (no /proc) nothing is
+    added."""
+    from capsim import host_cpu
+    from capsim.config import CpuSharing
+
+    h = overhead.get("host_cpu_ms")
+    if h is None:
+        return
+    cores = cores or host_cores()
+    cs = CpuSharing(cores=cores, model_cores=float(min(cores, (threads or max(1, cores // instances)) * instances)),
+                    host_ms=round(h, 4))
+    k = host_cpu.factor(cs, host["rate_rps"] * cs.host_ms / 1000.0)
+    host["sharing"] = {"cores": cs.cores, "model_cores": cs.model_cores, "host_ms": cs.host_ms}
+    host["calibration_slowdown"] = k
+    host["compute_ratio_alone"] = host["compute_ratio"] / k
+
+
 def capacity(sc) -> float:
     """What this config can serve: the model's throughput bound or the decode stage's, whichever binds."""
     from capsim.plan import throughput_bound
@@ -306,6 +376,14 @@ def capacity(sc) -> float:
     pre = sc.service.preprocess
     stage = pre.workers * 1000.0 / pre.ms if pre.ms > 0 and pre.workers > 0 else math.inf
     return min(throughput_bound(sc), stage)
+
+
+def _sharing_text(host: dict) -> str:
+    s = host.get("sharing")
+    if not s:
+        return ""
+    return (f"; CPU sharing: {s['host_ms']:.2f} ms of CPU per request outside the model, {s['cores']} cores, "
+            f"model on {s['model_cores']:g} (batch 1 without that work x{host['compute_ratio_alone']:.2f})")
 
 
 def profile_threads(prof) -> int | None:
@@ -322,8 +400,10 @@ def _model_args(model: str, backend: str, preprocess_workers: int, threads: int 
 
 def validate(model: str, backend: str, profile: str, configs, loads, duration: float = 20.0, instances: int = 1,
              payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
-             host_calibration: bool = True, threads: int | None = None, progress=None) -> Validation:
-    """Predicted vs measured for every config and load."""
+             host_calibration: bool = True, threads: int | None = None, progress=None,
+             cpu_sharing: bool = True, repeat: int = 1) -> Validation:
+    """Predicted vs measured for every config and load; with ``repeat`` > 1 each cell is measured
+    that many times (seeds differ) and compared by the median, with the runs' spread as its noise."""
     from capsim.profile import load_profile
     from capsim.simulate import simulate
     from capsim.plan import with_rate
@@ -347,49 +427,95 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         naive = capacity(scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, 1.0, seed))
         host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
                             largest_batch=max(b for b, _ in configs))
+        if cpu_sharing:
+            share_cores(host, overhead, threads, instances)
         say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile at batch 1"
             + (f", x{host['compute_ratio_bmax']:.2f} at batch {host['bmax']}" if "bmax" in host else "")
-            + f", decode {host['decode_ms']:.2f} ms")
+            + f", decode {host['decode_ms']:.2f} ms" + _sharing_text(host))
     cells, cpu = [], []
-    total = len(configs) * len(loads)
+    total = len(configs) * len(loads) * repeat
+    done = 0
     for b, d in configs:
         base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
         cap = capacity(base)
         args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}"]
         say(f"B={b} D={d:g} ms: predicted capacity {cap:.1f} rps; starting the server")
+        runs: dict[float, list[dict]] = {load: [] for load in loads}
         with ServerProcess(args) as srv:
             _warm_up(srv.url, cap, seed, payload, shape)
-            for load in loads:
-                rate = load * cap
-                say(f"  [{len(cells) + 1}/{total}] load {load:.2f}: {rate:.1f} rps for {duration:g} s")
-                res = _load(srv.url, rate, duration, seed, payload, shape)
-                cpu.append(res.summary["generator_cpu_percent"])
-                ok = _measured(res.rows)
-                lat = np.array([r["latency_ms"] for r in ok]) if ok else np.array([np.nan])
-                window = (max(r["received_s"] for r in ok) - min(r["scheduled_s"] for r in ok)) if len(ok) > 1 else 0
-                measured = {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
-                            "p99": float(np.percentile(lat, 99)), "throughput": len(ok) / window if window else None,
-                            "mean_batch_size": _mean(ok, P.H_BATCH_SIZE), "completed": len(ok),
-                            "dropped": sum(1 for r in res.rows if r["outcome"] != "ok")}
-                sim = simulate(with_rate(base, rate))
-                r = sim.to_dict()
-                predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"],
-                             "p99": r["latency_ms"]["p99"], "throughput": r["throughput_rps"] if sim.stable else None,
-                             "mean_batch_size": request_batch_size(sim.batch_size_histogram), "stable": sim.stable}
-                bd = sim.breakdown_ms
-                stages = {"preprocess": (bd["preprocess"], _mean(ok, P.H_PREPROCESS)),
-                          "decode": (base.service.preprocess.ms, _mean(ok, P.H_DECODE)),
-                          "queue_wait": (bd["queue_wait"] + bd["batch_formation"], _mean(ok, P.H_QUEUE_WAIT)),
-                          "compute": (bd["service"], _mean(ok, P.H_COMPUTE))}
-                cell = Cell(b, d, load, rate, predicted, measured)
-                cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
-                                   ("p50", "p95", "p99", "throughput", "mean_batch_size")}
-                cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
-                cells.append(cell)
+            # repeats go round the loads, so a slow spell of the machine lands on different cells
+            for rep in range(repeat):
+                for load in loads:
+                    rate = load * cap
+                    done += 1
+                    say(f"  [{done}/{total}] load {load:.2f}: {rate:.1f} rps for {duration:g} s"
+                        + (f" (repeat {rep + 1} of {repeat})" if repeat > 1 else ""))
+                    res = _load(srv.url, rate, duration, seed + rep, payload, shape)
+                    cpu.append(res.summary["generator_cpu_percent"])
+                    runs[load].append(_measure_run(res))
+        for load in loads:
+            rate = load * cap
+            measured, stage_means, noise = _combine(runs[load])
+            sim = simulate(with_rate(base, rate))
+            r = sim.to_dict()
+            predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"],
+                         "p99": r["latency_ms"]["p99"], "throughput": r["throughput_rps"] if sim.stable else None,
+                         "mean_batch_size": request_batch_size(sim.batch_size_histogram), "stable": sim.stable}
+            bd = sim.breakdown_ms
+            stages = {"preprocess": (bd["preprocess"], stage_means["preprocess"]),
+                      "decode": (base.service.preprocess.ms, stage_means["decode"]),
+                      "queue_wait": (bd["queue_wait"] + bd["batch_formation"], stage_means["queue_wait"]),
+                      "compute": (bd["service"], stage_means["compute"])}
+            cell = Cell(b, d, load, rate, predicted, measured)
+            cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
+                               ("p50", "p95", "p99", "throughput", "mean_batch_size")}
+            cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
+            cell.noise_pct = noise
+            cells.append(cell)
     return Validation(model, profile, {**overhead, "host": host}, cells, cpu,
                       {"duration_s": duration, "host_calibration": host_calibration, "instances": instances,
                        "payload": payload, "backend": backend, "threads": threads,
-                       "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION})
+                       "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION,
+                       "repeat": repeat})
+
+
+STAGE_HEADERS = {"preprocess": P.H_PREPROCESS, "decode": P.H_DECODE, "queue_wait": P.H_QUEUE_WAIT,
+                 "compute": P.H_COMPUTE}
+
+
+def _measure_run(res) -> dict:
+    """One load run's figures: latency percentiles, throughput, batch size, stage means."""
+    ok = _measured(res.rows)
+    lat = np.array([r["latency_ms"] for r in ok]) if ok else np.array([np.nan])
+    window = (max(r["received_s"] for r in ok) - min(r["scheduled_s"] for r in ok)) if len(ok) > 1 else 0
+    return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+            "p99": float(np.percentile(lat, 99)), "throughput": len(ok) / window if window else None,
+            "mean_batch_size": _mean(ok, P.H_BATCH_SIZE), "completed": len(ok),
+            "dropped": sum(1 for r in res.rows if r["outcome"] != "ok"),
+            "stages": {k: _mean(ok, h) for k, h in STAGE_HEADERS.items()}}
+
+
+def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
+    """Repeated runs of one cell -> (the median of each figure, the median stage means, the noise
+    of each percentile: half the range of the runs as a % of their median; None with one run)."""
+    def med(vals):
+        vals = [v for v in vals if v is not None and math.isfinite(v)]
+        return float(np.median(vals)) if vals else None
+
+    keys = ("p50", "p95", "p99", "throughput", "mean_batch_size")
+    measured = {k: med([r[k] for r in runs]) for k in keys}
+    measured["completed"] = sum(r["completed"] for r in runs)
+    measured["dropped"] = sum(r["dropped"] for r in runs)
+    measured["runs"] = len(runs)
+    stages = {k: med([r["stages"][k] for r in runs]) for k in STAGE_HEADERS}
+    noise = {}
+    for k in ("p50", "p95", "p99"):
+        vals = [r[k] for r in runs if math.isfinite(r[k])]
+        noise[k] = (100.0 * (max(vals) - min(vals)) / 2.0 / measured[k]
+                    if len(vals) > 1 and measured[k] else None)
+    if len(runs) > 1:
+        measured["spread"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)] for k in ("p50", "p95", "p99")}
+    return measured, stages, noise
 
 
 def _burst_figures(sc) -> dict:
@@ -414,7 +540,7 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
                      per_source_max_size: int = 1, on_full: str = "drop_oldest", jitter_ms: float = 2.0,
                      payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, burst: float | None = None,
                      burst_s: float = 2.0, calm_s: float = 6.0, threads: int | None = None,
-                     progress=None, decode_latest: bool = False) -> Validation:
+                     progress=None, decode_latest: bool = False, cpu_sharing: bool = True) -> Validation:
     """The seed's multi-camera pipeline: camera streams into a server with per-camera caps; tail
     latency and the drop rate, predicted against measured, for each config (the load is the
     cameras' own rate, often above capacity: the caps keep latency bounded by dropping). With
@@ -441,10 +567,12 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
     naive = capacity(scenario_for(profile, overhead, 1, 0.0, 1, preprocess_workers, 1.0, seed))
     host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
                         largest_batch=max(b for b, _ in configs))
+    if cpu_sharing:
+        share_cores(host, overhead, threads, 1)
     cells, cpu = [], []
     for b, d in configs:
         sc = scenario_for(profile, overhead, b, d, 1, preprocess_workers, 1.0, seed, host)
-        sc.arrivals = arrivals
+        sc.arrivals = arrivals  # (cpu_sharing reads its rate from here: the cameras' mean fps)
         sc.queue.per_source_max_size = per_source_max_size
         sc.queue.on_full = on_full
         args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}",
@@ -512,6 +640,7 @@ def table(v: Validation) -> str:
     def f(x, w=7, d=1):
         return f"{x:{w}.{d}f}" if x is not None and math.isfinite(x) else " " * (w - 1) + "–"
 
+    repeated = any(c.noise_pct.get("p95") is not None for c in v.cells)
     lines = [f"capsim validate: {v.model} with {v.profile}",
              f"server overhead (noop model): decode {v.overhead['preprocess_ms']:.2f} ms, other "
              f"{v.overhead['overhead_ms']:.2f} ms per request",
@@ -520,16 +649,19 @@ def table(v: Validation) -> str:
               + (f"; x{v.overhead['host']['compute_ratio_bmax']:.2f} at b{v.overhead['host']['bmax']}: "
                  f"{v.overhead['host']['compute_bmax_ms']:.1f} vs {v.overhead['host']['profile_bmax_ms']:.1f} ms"
                  if "bmax" in v.overhead["host"] else "") + "), decode "
-              f"{v.overhead['host']['decode_ms']:.2f} ms: the prediction uses these" if v.overhead.get("host") else
+              f"{v.overhead['host']['decode_ms']:.2f} ms{_sharing_text(v.overhead['host'])}: the prediction uses these"
+              if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
              "", f"{'B':>3}{'D ms':>6}{'load':>6}{'rps':>7} | {'p50 pred':>8}{'meas':>7}{'err%':>7} | {'p95 pred':>8}"
-                 f"{'meas':>7}{'err%':>7} | {'p99 pred':>8}{'meas':>7}{'err%':>7} | {'thru err%':>9} | {'batch pred':>10}{'meas':>6}"]
+                 f"{'meas':>7}{'err%':>7} | {'p99 pred':>8}{'meas':>7}{'err%':>7} | {'thru err%':>9} | {'batch pred':>10}{'meas':>6}"
+                 + (f" | {'p95 noise%':>10}" if repeated else "")]
     for c in v.cells:
         p, m, e = c.predicted, c.measured, c.errors_pct
         lines.append(f"{c.max_batch_size:3d}{c.max_queue_delay_ms:6g}{c.load:6.2f}{c.rate_rps:7.1f} | "
                      f"{f(p['p50'], 8)}{f(m['p50'])}{f(e['p50'])} | {f(p['p95'], 8)}{f(m['p95'])}{f(e['p95'])} | "
                      f"{f(p['p99'], 8)}{f(m['p99'])}{f(e['p99'])} | {f(e['throughput'], 9)} | "
-                     f"{f(p['mean_batch_size'], 10, 2)}{f(m['mean_batch_size'], 6, 2)}")
+                     f"{f(p['mean_batch_size'], 10, 2)}{f(m['mean_batch_size'], 6, 2)}"
+                     + (f" | {f(c.noise_pct.get('p95'), 10)}" if repeated else ""))
     if any("drop_rate" in c.predicted for c in v.cells):
         lines.append("")
         lines.append("drop rate (per-camera caps): " + "; ".join(
@@ -551,8 +683,11 @@ def table(v: Validation) -> str:
         mae = v.median_abs_error(k)
         mark = "" if k not in ("p50", "p95") or mae is None else (
             "  MET" if mae <= TARGET_ERROR_PCT else "  NOT MET")
+        noise = v.median_noise(k) if k != "throughput" else None
         lines.append(f"median |error| of {k:10s} over loads <= {TARGET_MAX_LOAD}: "
-                     f"{'–' if mae is None else f'{mae:.1f} %'}{mark}")
+                     f"{'–' if mae is None else f'{mae:.1f} %'}{mark}"
+                     + (f"   (the measurement's own noise: ±{noise:.1f} %, half the range of "
+                        f"{v.settings.get('repeat')} runs per cell)" if noise is not None else ""))
     if v.generator_cpu_percent:
         lines.append(f"load generator CPU: {np.mean(v.generator_cpu_percent):.0f} % of one core on average "
                      f"(max {max(v.generator_cpu_percent):.0f} %), on the same machine as the server")
@@ -593,6 +728,10 @@ def cmd_validate(args) -> int:
     loads = parse_loads(args.loads)
     if args.duration <= 0:
         raise CapsimError(f"--duration: must be > 0 seconds, got {args.duration:g}")
+    if args.repeat < 1:
+        raise CapsimError(f"--repeat: must be >= 1 runs per cell, got {args.repeat}")
+    if args.repeat > 1 and args.streams:
+        raise CapsimError("--repeat: only for the Poisson cells; remove it with --streams")
     if args.threads is not None and args.threads < 1:
         raise CapsimError(f"--threads: must be >= 1, got {args.threads}")
     if args.burst is not None and not args.streams:
@@ -611,11 +750,11 @@ def cmd_validate(args) -> int:
         v = validate_streams(args.model, args.backend, args.profile, configs, args.streams, args.duration,
                              args.per_source_max_size, args.on_full, args.jitter_ms, args.payload,
                              args.preprocess_workers, args.seed, args.burst, args.burst_s, args.calm_s, args.threads,
-                             progress=say, decode_latest=args.decode_latest)
+                             progress=say, decode_latest=args.decode_latest, cpu_sharing=not args.no_cpu_sharing)
     else:
         v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances,
                      args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
-                     threads=args.threads, progress=say)
+                     threads=args.threads, progress=say, cpu_sharing=not args.no_cpu_sharing, repeat=args.repeat)
     print(table(v))
     if args.out:
         write_report(v, args.out)
