@@ -755,6 +755,8 @@ def format_table(res) -> str:
     nap = res.napkin
     out.append(f"napkin estimate: {nap.formula}; capacity bound {nap.capacity_rps:.1f} rps")
     out.append(f"  {napkin_note(res)}")
+    if "cpu_sharing" in res.policies:
+        out.append(f"cpu sharing: {res.policies['cpu_sharing']['note']}")
     if res.theory_mean_ms is not None and res.stable:
         err = (res.latency_ms["mean"] - res.theory_mean_ms) / res.theory_mean_ms
         out.append(f"queueing theory: mean {res.theory_mean_ms:.1f} ms vs simulated {res.latency_ms['mean']:.1f} ms "

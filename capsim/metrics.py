@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from capsim import analytic
+from capsim import analytic, host_cpu
 from capsim.config import Scenario
 from capsim.sim import autoscale, devices, network
 from capsim.sim.engine import ReplicationTrace
@@ -224,6 +224,9 @@ def summarize(sc: Scenario, traces: list[ReplicationTrace], engine: str) -> Simu
         res.policies["rate_schedule"] = step_summary(sc, traces)
     if sc.devices is not None:
         res.policies["devices"] = devices.device_summary(sc, traces)
+    if host_cpu.active(sc):
+        res.policies["cpu_sharing"] = {"host_load_cores": host_cpu.host_load_cores(sc),
+                                       "slowdown": host_cpu.slowdowns(sc), "note": host_cpu.describe(sc)}
     if sc.autoscale is not None:
         res.policies["autoscale"] = autoscale.autoscale_summary(sc, traces)
     return res

@@ -113,6 +113,10 @@ def test_engines_agree_with_sharing():
     a, b = simulate(sc, engine="simpy"), simulate(sc, engine="fast")
     for t1, t2 in zip(a.traces, b.traces):
         assert np.array_equal(t1.end, t2.end)
+    # the result says what the sharing did
+    info = b.to_dict()["policies"]["cpu_sharing"]
+    assert info["host_load_cores"] == pytest.approx(0.22) and info["slowdown"][8] == pytest.approx(2 / 1.78)
+    assert "0.22 of 2 cores" in info["note"]
 
 
 def test_mm1_with_the_slowed_service_rate():

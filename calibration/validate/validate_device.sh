@@ -7,7 +7,8 @@
 #     bash calibration/validate/validate_device.sh          # results in $OUT
 #
 # simpy is missing on those machines: carry .whl/ (see calibration/gpu/calibrate_gpu.sh).
-# Knobs: CAPSIM_MODEL (resnet18), CAPSIM_THREADS (4), CAPSIM_DECODERS (2), CAPSIM_DURATION (12),
+# Knobs: CAPSIM_MODEL (resnet18), CAPSIM_THREADS (4), CAPSIM_DECODERS (2), CAPSIM_DURATION (10),
+# CAPSIM_REPEAT (2: each cell twice, the median compared and the spread reported as noise),
 # CAPSIM_MAX_SECONDS (3), CAPSIM_BATCHES (1,2,4,8,16), CAPSIM_STREAMS (6x25fps), CAPSIM_BURST (2),
 # CAPSIM_STREAM_DURATION (30), CAPSIM_CONFIGS (B=1,D=0;B=4,D=5;B=8,D=10), CAPSIM_PROFILE (none:
 # calibrate first; e.g. calibration/resnet18-onnxruntime-cpu-fp32-xeon16-4t.json, measured there).
@@ -18,7 +19,8 @@ OUT=${OUT:-/tmp/valout}
 MODEL=${CAPSIM_MODEL:-resnet18}
 THREADS=${CAPSIM_THREADS:-4}
 DECODERS=${CAPSIM_DECODERS:-2}
-DUR=${CAPSIM_DURATION:-12}
+DUR=${CAPSIM_DURATION:-10}
+REPEAT=${CAPSIM_REPEAT:-2}
 MAXS=${CAPSIM_MAX_SECONDS:-3}
 BATCHES=${CAPSIM_BATCHES:-1,2,4,8,16}
 STREAMS=${CAPSIM_STREAMS:-6x25fps}
@@ -59,9 +61,9 @@ else
         --out "$PROFILE" --quiet 2>&1 | tee -a "$LOG" || { log "FAILED calibration"; exit 1; }
 fi
 
-log "validate $MODEL: configs $CONFIGS, loads 0.3-0.85, $DUR s per cell, $DECODERS decode threads"
-timeout -k 10 330 python3 -m capsim.cli validate --model "$MODEL" --backend onnxruntime --profile "$PROFILE" \
-    --configs "$CONFIGS" --loads 0.3,0.5,0.7,0.85 --duration "$DUR" --preprocess-workers "$DECODERS" \
+log "validate $MODEL: configs $CONFIGS, loads 0.3-0.85, $DUR s per cell x $REPEAT, $DECODERS decode threads"
+timeout -k 10 420 python3 -m capsim.cli validate --model "$MODEL" --backend onnxruntime --profile "$PROFILE" \
+    --configs "$CONFIGS" --loads 0.3,0.5,0.7,0.85 --duration "$DUR" --repeat "$REPEAT" --preprocess-workers "$DECODERS" \
     --out "$OUT/validation.json" 2>&1 | tee -a "$LOG" || log "FAILED validate (exit $?)"
 
 log "validate $MODEL streams $STREAMS, bursts x$BURST"
