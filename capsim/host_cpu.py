@@ -32,14 +32,18 @@ def active(sc) -> bool:
     return sc.service.cpu_sharing.cores > 0
 
 
-def host_rate_rps(sc) -> float:
-    """Requests per second that cost the host its per-request work: the offered rate, but no more
-    than the pre-processing pool can decode."""
-    rate = sc.arrivals.offered_rps() or 0.0
+def decoded_rps(sc, rate: float) -> float:
+    """Of ``rate`` offered, the requests per second that cost the host its per-request work: no
+    more than the pre-processing pool can decode."""
     pre = sc.service.preprocess
     if pre.workers > 0 and pre.ms > 0:
-        rate = min(rate, pre.workers * 1000.0 / pre.ms)
+        return min(rate, pre.workers * 1000.0 / pre.ms)
     return rate
+
+
+def host_rate_rps(sc) -> float:
+    """:func:`decoded_rps` of the scenario's offered rate."""
+    return decoded_rps(sc, sc.arrivals.offered_rps() or 0.0)
 
 
 def host_load_cores(sc) -> float:
@@ -47,8 +51,9 @@ def host_load_cores(sc) -> float:
     return host_rate_rps(sc) * sc.service.cpu_sharing.host_ms / 1000.0
 
 
-def per_core(table: dict[int, float], b: int) -> float:
-    """``k(b)`` from a measured table, linear in log batch size between its points, flat outside."""
+def log_interp(table: dict[int, float], b: int) -> float:
+    """The value at batch size ``b`` of a table by batch size: linear in log batch size between
+    its points, flat outside them."""
     sizes = sorted(table)
     if b <= sizes[0]:
         return table[sizes[0]]
@@ -67,7 +72,7 @@ def factor(cs, load_cores: float, b: int = 1) -> float:
     if load_cores >= cs.cores:
         return SATURATED
     if cs.slowdown_per_core:
-        return 1.0 + per_core(cs.slowdown_per_core, b) * load_cores
+        return 1.0 + log_interp(cs.slowdown_per_core, b) * load_cores
     return max(1.0, (cs.model_cores or cs.cores) / (cs.cores - load_cores))
 
 
@@ -85,7 +90,8 @@ def effective_curve_ms(sc) -> dict[int, float]:
     curve = sc.service.curve_ms()
     if not active(sc):
         return curve
-    return {b: ms * k for (b, ms), k in zip(curve.items(), slowdowns(sc).values())}
+    ks = slowdowns(sc)
+    return {b: ms * ks[b] for b, ms in curve.items()}
 
 
 def sustainable_rps(sc, bound_at) -> float:
@@ -98,11 +104,9 @@ def sustainable_rps(sc, bound_at) -> float:
     if not active(sc):
         return bound_at(curve)
     cs = sc.service.cpu_sharing
-    pre = sc.service.preprocess
-    decode_cap = pre.workers * 1000.0 / pre.ms if pre.workers > 0 and pre.ms > 0 else math.inf
 
     def bound(rate: float) -> float:
-        load = min(rate, decode_cap) * cs.host_ms / 1000.0
+        load = decoded_rps(sc, rate) * cs.host_ms / 1000.0
         return bound_at({b: ms * factor(cs, load, b) for b, ms in curve.items()})
 
     lo, hi = 0.0, bound_at(curve)  # never above the model's own bound

@@ -307,13 +307,12 @@ def host_ratio(host: dict, b: int) -> float:
     ratios at batch 1 and at the largest batch, interpolated in log(batch size) between them.
     With CPU sharing the batch-1 ratio is the one with the host's own work taken out
     (:func:`share_cores`): the scenario's ``cpu_sharing`` puts it back at each cell's rate."""
-    r1 = host.get("compute_ratio_alone", host["compute_ratio"])
-    if "compute_ratio_bmax" not in host or b <= 1:
-        return r1
-    bmax, rmax = host["bmax"], host["compute_ratio_bmax"]
-    if b >= bmax:
-        return rmax
-    return r1 + (rmax - r1) * math.log(b) / math.log(bmax)
+    from capsim.host_cpu import log_interp
+
+    ratios = {1: host.get("compute_ratio_alone", host["compute_ratio"])}
+    if "compute_ratio_bmax" in host:
+        ratios[host["bmax"]] = host["compute_ratio_bmax"]
+    return log_interp(ratios, b)
 
 
 def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int, preprocess_workers: int,
