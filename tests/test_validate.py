@@ -154,3 +154,26 @@ def test_cli_refuses_bad_repeats(tiny_profile, argv, field):
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and field in lines[0]
+
+
+def test_the_table_says_when_the_noise_is_above_the_target():
+    from capsim.validate.validate import Cell, Validation, table
+
+    def cell(load, p95_meas, noise):
+        c = Cell(1, 0.0, load, 10.0, {"p50": 50.0, "p95": 100.0, "p99": 120.0, "throughput": 10.0,
+                                      "mean_batch_size": 1.0},
+                 {"p50": 50.0, "p95": p95_meas, "p99": 120.0, "throughput": 10.0, "mean_batch_size": 1.0})
+        c.errors_pct = {"p50": 0.0, "p95": (100.0 - p95_meas) / p95_meas * 100, "p99": 0.0, "throughput": 0.0,
+                        "mean_batch_size": 0.0}
+        c.noise_pct = {"p50": 2.0, "p95": noise, "p99": 3.0}
+        return c
+
+    overhead = {"preprocess_ms": 5.0, "overhead_ms": 2.0}
+    noisy = Validation("m", "p.json", overhead, [cell(0.3, 125.0, 19.0), cell(0.5, 125.0, 25.0)], [], {"repeat": 3})
+    line = next(ln for ln in table(noisy).splitlines() if ln.startswith("median |error| of p95"))
+    assert "NOT MET" in line and "±22.0 %" in line and "cannot settle it" in line
+    quiet = Validation("m", "p.json", overhead, [cell(0.3, 125.0, 4.0), cell(0.5, 125.0, 6.0)], [], {"repeat": 3})
+    line = next(ln for ln in table(quiet).splitlines() if ln.startswith("median |error| of p95"))
+    assert "NOT MET" in line and "±5.0 %" in line and "cannot settle" not in line
+    line = next(ln for ln in table(quiet).splitlines() if ln.startswith("median |error| of p50"))
+    assert "  MET" in line and "cannot settle" not in line

@@ -686,7 +686,9 @@ def table(v: Validation) -> str:
         lines.append(f"median |error| of {k:10s} over loads <= {TARGET_MAX_LOAD}: "
                      f"{'–' if mae is None else f'{mae:.1f} %'}{mark}"
                      + (f"   (the measurement's own noise: ±{noise:.1f} %, half the range of "
-                        f"{v.settings.get('repeat')} runs per cell)" if noise is not None else ""))
+                        f"{v.settings.get('repeat')} runs per cell)" if noise is not None else "")
+                     + ("; the noise is above the target: this machine cannot settle it"
+                        if mark and noise is not None and noise > TARGET_ERROR_PCT else ""))
     if v.generator_cpu_percent:
         lines.append(f"load generator CPU: {np.mean(v.generator_cpu_percent):.0f} % of one core on average "
                      f"(max {max(v.generator_cpu_percent):.0f} %), on the same machine as the server")
