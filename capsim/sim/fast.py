@@ -282,34 +282,37 @@ def _unqueue(status, drop_reason, drop_t, o, reason, t, src, src_count, pcap, lv
 
 
 @njit(cache=True)
+def _make_room(status, drop_reason, drop_t, nxt, a, evict, pos, head, k, src, src_count, pcap, lvl, lane_count):
+    """A full cap at arrival ``nxt`` (time ``a``): with ``evict`` (drop_oldest) drop the oldest
+    queued request of group ``k`` in (pos, head) and return True (the arrival goes in; the caller
+    lowers qlen); otherwise reject the arrival and return False."""
+    if evict:
+        o = _oldest_of(status, pos, head, k)
+        _unqueue(status, drop_reason, drop_t, o, 2, a, src, src_count, pcap, lvl, lane_count)
+        return True
+    status[nxt] = 3
+    drop_reason[nxt] = 1
+    drop_t[nxt] = a
+    return False
+
+
+@njit(cache=True)
 def _admit_lane(status, drop_reason, drop_t, nxt, qlen, a, src, src_count, pcap, src_pos, src_head,
                 lvl, lane_count, lane_pos, lane_head, lcap, ldrop):
     """LaneAdmission.admit_next: the per-source cap, then the arrival's own level's cap, each with
     that level's on_full. Returns the new (nxt, qlen)."""
     lv = lvl[nxt]
-    if pcap > 0:
-        sid = src[nxt]
-        if src_count[sid] >= pcap:
-            if ldrop[lv]:  # evict the source's oldest queued request (any level)
-                o = _oldest_of(status, src_pos, src_head, sid)
-                _unqueue(status, drop_reason, drop_t, o, 2, a, src, src_count, pcap, lvl, lane_count)
-                qlen -= 1
-            else:
-                status[nxt] = 3
-                drop_reason[nxt] = 1
-                drop_t[nxt] = a
-                return nxt + 1, qlen
-    cap = lcap[lv]
-    if cap > 0 and lane_count[lv] >= cap:
-        if ldrop[lv]:  # evict the oldest queued request of the same level
-            o = _oldest_of(status, lane_pos, lane_head, lv)
-            _unqueue(status, drop_reason, drop_t, o, 2, a, src, src_count, pcap, lvl, lane_count)
-            qlen -= 1
-        else:
-            status[nxt] = 3
-            drop_reason[nxt] = 1
-            drop_t[nxt] = a
+    # the source's oldest queued request (any level), then the oldest of the same level
+    if pcap > 0 and src_count[src[nxt]] >= pcap:
+        if not _make_room(status, drop_reason, drop_t, nxt, a, ldrop[lv], src_pos, src_head, src[nxt], src,
+                          src_count, pcap, lvl, lane_count):
             return nxt + 1, qlen
+        qlen -= 1
+    if lcap[lv] > 0 and lane_count[lv] >= lcap[lv]:
+        if not _make_room(status, drop_reason, drop_t, nxt, a, ldrop[lv], lane_pos, lane_head, lv, src, src_count,
+                          pcap, lvl, lane_count):
+            return nxt + 1, qlen
+        qlen -= 1
     status[nxt] = 1
     if pcap > 0:
         src_count[src[nxt]] += 1
