@@ -153,6 +153,22 @@ class Stage:
 
 
 @dataclass
+class Overlap:
+    """Measured slowdowns while a batch and pre-processing run at the same moment on shared cores.
+
+    With ``model_speed`` set, the simulator shares the cores moment to moment instead of on
+    average: the batch curve and ``preprocess.ms`` are each one's time alone, and while a batch
+    runs beside a busy pre-processing worker both slow down by these factors (what a co-run
+    measures: runtimes whose threads meet at a barrier lose far more than a fair share)."""
+
+    model_speed: dict[int, float] = spec(
+        help="fraction of its own speed a batch runs at while pre-processing runs beside it, by batch size "
+             "(interpolated in log batch size); empty = share the cores on average", factory=dict)
+    preprocess_speed: float = spec(1.0, "fraction of its own speed a pre-processing worker runs at while a "
+                                        "batch runs beside it", gt=0, le=1)
+
+
+@dataclass
 class CpuSharing:
     """The model runs on CPU cores that the server's own per-request work (decode, HTTP) also uses.
 
@@ -169,6 +185,9 @@ class CpuSharing:
     slowdown_per_core: dict[int, float] = spec(
         help="measured instead of the fluid formula: a batch runs 1 + k x (cores of host work) times slower, "
              "k by batch size (interpolated in log batch size)", factory=dict)
+    overlap: Overlap = spec(help="measured moment-to-moment slowdowns of a batch and pre-processing running together "
+                                 "(simulated event by event; host_ms then spreads only its part beyond preprocess.ms)",
+                            factory=Overlap)
 
 
 @dataclass
@@ -759,7 +778,7 @@ def _check_policies(sc: Scenario, problems: list[str]) -> None:
 def _cpu_sharing_problems(sc) -> list[str]:
     cs = sc.service.cpu_sharing
     if not cs.cores:
-        if cs.model_cores or cs.host_ms or cs.slowdown_per_core:
+        if cs.model_cores or cs.host_ms or cs.slowdown_per_core or cs.overlap.model_speed:
             return ["service.cpu_sharing.cores: set the cores the server runs on (model_cores and host_ms "
                     "need it), or remove the section"]
         return []
@@ -776,6 +795,7 @@ def _cpu_sharing_problems(sc) -> list[str]:
     if cs.slowdown_per_core and cs.model_cores:
         out.append("service.cpu_sharing.model_cores: not used with slowdown_per_core (the measured factors "
                    "replace the fluid formula); remove one of the two")
+    out += _overlap_problems(sc)
     if sc.arrivals.offered_rps() is None:
         out.append(f"service.cpu_sharing: needs a mean arrival rate, which arrivals.process "
                    f"{sc.arrivals.process} does not define; use poisson, constant, bursty or streams")
@@ -783,6 +803,39 @@ def _cpu_sharing_problems(sc) -> list[str]:
         out.append("service.cpu_sharing: models one CPU host; remove the devices section")
     if sc.autoscale is not None:
         out.append("service.cpu_sharing: not modelled with autoscaling; remove one of the two")
+    return out
+
+
+def _overlap_problems(sc) -> list[str]:
+    ov = sc.service.cpu_sharing.overlap
+    if not ov.model_speed:
+        if ov.preprocess_speed != 1.0:
+            return ["service.cpu_sharing.overlap.preprocess_speed: needs model_speed (the batch's side of the "
+                    "co-run); set it or remove the overlap section"]
+        return []
+    out = []
+    for b, v in ov.model_speed.items():
+        if b < 1:
+            out.append(f"service.cpu_sharing.overlap.model_speed.{b}: batch sizes must be >= 1")
+        if not 0 < v <= 1:
+            out.append(f"service.cpu_sharing.overlap.model_speed.{b}: must be in (0, 1] (a fraction of the "
+                       f"batch's own speed), got {_num(v)}")
+    pre = sc.service.preprocess
+    if not (pre.ms > 0 and pre.workers > 0):
+        out.append("service.cpu_sharing.overlap: needs a pre-processing pool to overlap with; set "
+                   "service.preprocess.ms and workers, or remove the overlap section")
+    if sc.service.cpu_sharing.slowdown_per_core:
+        out.append("service.cpu_sharing.overlap: not modelled with slowdown_per_core; remove one of the two")
+    # The moment-to-moment engine runs the plain server: one FIFO pre-processing pool, the triton batcher.
+    unsupported = [("batching.mode timer", sc.batching.mode == "timer"),
+                   ("queue.preprocess_latest", sc.queue.preprocess_latest),
+                   ("network", sc.network is not None),
+                   ("priority", sc.priority is not None),
+                   ("queue.deadline_ms", sc.queue.deadline_ms > 0),
+                   ("queue.degrade", sc.queue.degrade is not None)]
+    for name, used in unsupported:
+        if used:
+            out.append(f"service.cpu_sharing.overlap: not modelled with {name}; remove one of the two")
     return out
 
 

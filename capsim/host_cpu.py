@@ -13,6 +13,14 @@ pre-processing pool can decode: frames shed before it cost next to nothing). Eac
   barrier after every operator lose more than their fair share when one core is taken, and more
   so for big batches: the fluid formula is then a lower bound.
 
+With ``overlap.model_speed`` measured, the sharing between pre-processing and the model is
+simulated moment to moment instead (:mod:`capsim.sim.shared_cores`): a batch runs at its own
+speed, or at ``model_speed(b)`` while a pre-processing worker is busy beside it, and the worker
+at ``preprocess_speed``. Only the rest of the host's work, ``host_ms - preprocess.ms`` per request,
+is then spread evenly as above. The analytic figures (capacity, napkin) use the average of that
+overlap: a batch overlaps pre-processing for the share of time the pool is busy (an
+approximation: a longer batch meets more arrivals than the time average says).
+
 Once ``L`` reaches ``cores`` the host's own work saturates them and nothing is sustainable.
 Because the slowdown grows with the rate, the highest sustainable rate is a fixed point
 (:func:`sustainable_rps`).
@@ -46,9 +54,49 @@ def host_rate_rps(sc) -> float:
     return decoded_rps(sc, sc.arrivals.offered_rps() or 0.0)
 
 
+def moment_to_moment(sc) -> bool:
+    """Whether pre-processing and batches share the cores event by event (``overlap.model_speed``)."""
+    return active(sc) and bool(sc.service.cpu_sharing.overlap.model_speed)
+
+
+def spread_ms(sc) -> float:
+    """CPU per request spread evenly over time: all of ``host_ms``, or with moment-to-moment
+    sharing its part beyond pre-processing (which is then simulated as it happens)."""
+    cs = sc.service.cpu_sharing
+    if moment_to_moment(sc):
+        return max(0.0, cs.host_ms - sc.service.preprocess.ms)
+    return cs.host_ms
+
+
 def host_load_cores(sc) -> float:
-    """Cores the server's own per-request work keeps busy at the offered rate."""
-    return host_rate_rps(sc) * sc.service.cpu_sharing.host_ms / 1000.0
+    """Cores the server's own evenly spread per-request work keeps busy at the offered rate."""
+    return host_rate_rps(sc) * spread_ms(sc) / 1000.0
+
+
+def pre_busy_share(sc, rate: float) -> float:
+    """Share of time a batch has pre-processing running beside it at ``rate``: the pool's busy
+    workers (each slowed while it overlaps), at most 1 (an upper bound with several workers)."""
+    pre, ov = sc.service.preprocess, sc.service.cpu_sharing.overlap
+    return busy_share(decoded_rps(sc, rate), pre.ms, ov.preprocess_speed)
+
+
+def busy_share(decoded_rps_: float, preprocess_ms: float, preprocess_speed: float) -> float:
+    """Pre-processing's busy share at a decoded rate (each decode slowed while it overlaps), at most 1."""
+    return min(1.0, decoded_rps_ * preprocess_ms / 1000.0 / preprocess_speed)
+
+
+def overlap_factor(sc, rate: float, b: int) -> float:
+    """Mean slowdown of a batch of ``b`` from overlapping pre-processing at ``rate`` (1 without
+    moment-to-moment sharing): its speed is ``model_speed(b)`` for the busy share of its time."""
+    if not moment_to_moment(sc):
+        return 1.0
+    ov = sc.service.cpu_sharing.overlap
+    return overlap_slowdown(pre_busy_share(sc, rate), log_interp(ov.model_speed, b))
+
+
+def overlap_slowdown(busy_share: float, model_speed: float) -> float:
+    """Mean slowdown of a batch that runs at ``model_speed`` for ``busy_share`` of its time."""
+    return 1.0 / (1.0 - min(1.0, busy_share) * (1.0 - model_speed))
 
 
 def log_interp(table: dict[int, float], b: int) -> float:
@@ -76,8 +124,8 @@ def factor(cs, load_cores: float, b: int = 1) -> float:
     return max(1.0, (cs.model_cores or cs.cores) / (cs.cores - load_cores))
 
 
-def slowdowns(sc) -> dict[int, float]:
-    """Slowdown at the scenario's offered rate for each batch size of its curve."""
+def spread_slowdowns(sc) -> dict[int, float]:
+    """Slowdown from the evenly spread host work at the offered rate, by batch size of the curve."""
     curve = sc.service.curve_ms()
     if not active(sc):
         return {b: 1.0 for b in curve}
@@ -85,12 +133,32 @@ def slowdowns(sc) -> dict[int, float]:
     return {b: factor(sc.service.cpu_sharing, load, b) for b in curve}
 
 
+def slowdowns(sc) -> dict[int, float]:
+    """Mean slowdown at the scenario's offered rate for each batch size of its curve (with
+    moment-to-moment sharing, the spread part times the mean overlap)."""
+    ks = spread_slowdowns(sc)
+    if not moment_to_moment(sc):
+        return ks
+    rate = sc.arrivals.offered_rps() or 0.0
+    return {b: k * overlap_factor(sc, rate, b) for b, k in ks.items()}
+
+
 def effective_curve_ms(sc) -> dict[int, float]:
-    """The compute time by batch size the engines run with: the curve, slowed by shared cores."""
+    """The mean compute time by batch size: the curve, slowed by shared cores (the analytic figures)."""
     curve = sc.service.curve_ms()
     if not active(sc):
         return curve
     ks = slowdowns(sc)
+    return {b: ms * ks[b] for b, ms in curve.items()}
+
+
+def engine_curve_ms(sc) -> dict[int, float]:
+    """The compute time by batch size the engines run with: the curve slowed by the spread host
+    work; with moment-to-moment sharing the engine adds the overlap itself, event by event."""
+    curve = sc.service.curve_ms()
+    if not active(sc):
+        return curve
+    ks = spread_slowdowns(sc)
     return {b: ms * ks[b] for b, ms in curve.items()}
 
 
@@ -106,8 +174,8 @@ def sustainable_rps(sc, bound_at) -> float:
     cs = sc.service.cpu_sharing
 
     def bound(rate: float) -> float:
-        load = decoded_rps(sc, rate) * cs.host_ms / 1000.0
-        return bound_at({b: ms * factor(cs, load, b) for b, ms in curve.items()})
+        load = decoded_rps(sc, rate) * spread_ms(sc) / 1000.0
+        return bound_at({b: ms * factor(cs, load, b) * overlap_factor(sc, rate, b) for b, ms in curve.items()})
 
     lo, hi = 0.0, bound_at(curve)  # never above the model's own bound
     if bound(hi) >= hi:
@@ -129,4 +197,10 @@ def describe(sc) -> str | None:
         return f"the server's own work ({load:.2f} cores) saturates the {cs.cores} cores: the model gets none"
     lo, hi = min(ks.values()), max(ks.values())
     span = f"x{lo:.3f}" if math.isclose(lo, hi) else f"x{lo:.3f}-{hi:.3f}"
+    if moment_to_moment(sc):
+        ov = cs.overlap
+        speeds = ", ".join(f"b{b} x{v:g}" for b, v in sorted(ov.model_speed.items()))
+        return (f"pre-processing and batches share the {cs.cores} cores moment to moment (a batch beside "
+                f"pre-processing runs at {speeds} of its speed, the worker at x{ov.preprocess_speed:g}); "
+                f"the rest of the server's work keeps {load:.2f} cores busy; on average the model runs {span} slower")
     return f"the server's own work keeps {load:.2f} of {cs.cores} cores busy; the model runs {span} slower"

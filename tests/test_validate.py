@@ -34,7 +34,7 @@ def tiny_profile(tmp_path_factory):
 
 def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     v = validate("tiny_cnn", "onnxruntime", tiny_profile, [(1, 0.0), (8, 20.0)], [0.2, 0.4], duration=3.0,
-                 overhead_duration=3.0)
+                 overhead_duration=3.0, corun_seconds=0.6)
     assert len(v.cells) == 4
     assert v.overhead["preprocess_ms"] > 0 and math.isfinite(v.overhead["overhead_ms"])
     host = v.overhead["host"]  # the in-server calibration measured batch 1 and full batches of 8
@@ -46,7 +46,14 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     assert host["sharing"]["cores"] == host_cores() and host["sharing"]["host_ms"] == pytest.approx(
         v.overhead["host_cpu_ms"], abs=1e-4)
     assert host["calibration_slowdown"] >= 1.0
+    # the co-run timed batches of 1 and 8 beside the decode: the cores are shared moment to moment
+    overlap = host["sharing"]["overlap"]
+    assert set(overlap["model_speed"]) == {1, 8} and v.settings["overlap"]
+    assert all(0 < x <= 1 for x in [*overlap["model_speed"].values(), overlap["preprocess_speed"]])
+    assert v.settings["windows"]
     for c in v.cells:
+        # predicted as the 3-second runs measure; the long-run figures are kept beside them
+        assert c.predicted["steady_state"]["p95"] > 0 and c.predicted["p95"] > 0
         for k in ("p50", "p95", "p99", "throughput"):
             assert c.errors_pct[k] is not None and math.isfinite(c.errors_pct[k]), (c.to_dict(), k)
         pred, meas = c.predicted["mean_batch_size"], c.measured["mean_batch_size"]
@@ -177,3 +184,22 @@ def test_the_table_says_when_the_noise_is_above_the_target():
     assert "NOT MET" in line and "±5.0 %" in line and "cannot settle" not in line
     line = next(ln for ln in table(quiet).splitlines() if ln.startswith("median |error| of p50"))
     assert "  MET" in line and "cannot settle" not in line
+
+
+def test_a_short_run_is_predicted_as_a_short_run():
+    # M/D/1 at rho 0.9: a 10-second run from an idle server rarely meets the long busy periods, so
+    # its p95 is well below the long-run one; a 3000-second run is the long run
+    from capsim.config import parse_scenario
+    from capsim.simulate import simulate
+    from capsim.validate.validate import window_percentiles
+
+    sc = parse_scenario({"arrivals": {"process": "poisson", "rate_rps": 90},
+                         "service": {"batch_latency_ms": {1: 10.0}},
+                         "batching": {"max_batch_size": 1, "max_queue_delay_ms": 0},
+                         "run": {"requests": 200000, "warmup_requests": 20000, "replications": 3}})
+    steady = simulate(sc).latency_ms["p95"]
+    short = window_percentiles(sc, 10.0, [1, 2, 3], draws=3)
+    long = window_percentiles(sc, 3000.0, [1], draws=1)
+    assert short["p50"] < short["p95"] < short["p99"]
+    assert short["p95"] < 0.85 * steady
+    assert long["p95"] == pytest.approx(steady, rel=0.1)

@@ -1,4 +1,5 @@
-"""Re-predict a recorded ``capsim validate`` JSON with and without ``service.cpu_sharing``.
+"""Re-predict a recorded ``capsim validate`` JSON with and without ``service.cpu_sharing``, and
+with the cores shared moment to moment where the record holds a co-run (``overlap``).
 
 The measurements stay as recorded; only the prediction changes, so the two models are compared
 on identical cells (a new run would measure a different machine state). Usage:
@@ -21,7 +22,7 @@ from capsim.plan import with_rate
 from capsim.simulate import simulate
 from capsim.validate.validate import TARGET_MAX_LOAD, _err, scenario_for, share_cores
 
-RAW = ("sharing", "compute_ratio_alone", "calibration_slowdown")
+RAW = ("sharing", "compute_ratio_alone", "calibration_slowdown", "corun")
 
 
 def main() -> None:
@@ -41,7 +42,12 @@ def main() -> None:
     share_cores(fluid, ov, st.get("threads"), st["instances"], cores=cores)
     if "sharing" not in fluid:
         raise SystemExit(f"{a.record}: no CPU per request recorded; pass --host-ms")
-    for name, h in (("without cpu_sharing", host), ("with cpu_sharing (fluid)", fluid)):
+    variants = [("without cpu_sharing", host), ("with cpu_sharing (fluid)", fluid)]
+    if ov["host"].get("corun"):
+        moment = dict(host)
+        share_cores(moment, ov, st.get("threads"), st["instances"], cores=cores, corun=ov["host"]["corun"])
+        variants.append(("moment to moment (co-run)", moment))
+    for name, h in variants:
         errs: dict[str, list[float]] = {"p50": [], "p95": []}
         cells = []
         for c in d["cells"]:

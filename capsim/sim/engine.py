@@ -22,6 +22,7 @@ from capsim.sim.autoscale import Autoscaler
 from capsim.sim.batcher import make_batcher
 from capsim.sim.devices import InstancePool
 from capsim.sim.network import queue_entry, respond
+from capsim.sim.shared_cores import PreprocessPool, SharedCores
 from capsim.sim.queue import (
     DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
@@ -84,7 +85,7 @@ class SimPyEngine:
 
     def __init__(self, scenario: Scenario):
         self.sc = scenario
-        self.curve = ServiceCurve(host_cpu.effective_curve_ms(scenario), scenario.batching.max_batch_size)
+        self.curve = ServiceCurve(host_cpu.engine_curve_ms(scenario), scenario.batching.max_batch_size)
         # Python lists: read once per batch on the hot path, where numpy scalars are slow.
         self.mean_ns = (self.curve.seconds * NS).tolist()
         # Indexed by the busy instances on the batch's device (the most there can be: busy_per_device).
@@ -122,7 +123,11 @@ class _Run:
         order = np.flatnonzero(kept)
 
         entry = np.full(n, -1, np.int64)
-        e, server, stale = queue_entry(sc, arrival_ns[order], arr.source[order], arr.n_sources)  # network, preprocess
+        self.shared = host_cpu.moment_to_moment(sc)
+        if self.shared:  # pre-processing runs in the event loop, beside the batches: entries come later
+            e, server, stale = np.full(len(order), -1, np.int64), None, None
+        else:
+            e, server, stale = queue_entry(sc, arrival_ns[order], arr.source[order], arr.n_sources)  # network, preprocess
         self.server_ns = None
         if server is not None:
             self.server_ns = np.full(n, -1, np.int64)
@@ -153,6 +158,8 @@ class _Run:
             self.intake = Intake(self.q, admission, timeout)
 
             self.batcher = make_batcher(sc.batching, self.intake.simple)
+        if self.shared:
+            self._share_cores(order)
 
         N = sc.instances
         self.pool = InstancePool(sc, N)  # idle instances, the dispatch policy, busy per device
@@ -169,6 +176,48 @@ class _Run:
         self.draws = np.empty(0)
         self.draw_pos = 0
 
+    def _share_cores(self, order: np.ndarray) -> None:
+        """Set up moment-to-moment sharing: every entry time is unknown until its pre-processing ends."""
+        sc = self.eng.sc
+        self.q.entry_at = [INF] * len(order)
+        ov = sc.service.cpu_sharing.overlap
+        speeds = [1.0] + [host_cpu.log_interp(ov.model_speed, b) for b in range(1, sc.batching.max_batch_size + 1)]
+        self.cores = SharedCores(self.env, speeds, ov.preprocess_speed, self._on_shared_done)
+        pre = sc.service.preprocess
+        self.pre_start = np.full(len(self.arrival_ns), -1, np.int64)
+        self.pre_pool = PreprocessPool(self.cores, pre.workers, pre.ms * 1e6, self.pre_start)
+        self.pre_order = order
+        self.pre_next = 0      # next arrival (position in order) not yet at the pool
+        self.entered = 0       # queue positions whose pre-processing has ended
+
+    def _next_arrival(self) -> None:
+        p = self.pre_next
+        if p < len(self.pre_order):
+            delay = int(self.arrival_ns[self.pre_order[p]]) - self.env.now
+            self.env.timeout(delay).callbacks.append(self._on_arrival)
+
+    def _on_arrival(self, _ev) -> None:
+        # every arrival due at this instant joins the pool, in order
+        order, now = self.pre_order, self.env.now
+        while self.pre_next < len(order) and self.arrival_ns[order[self.pre_next]] <= now:
+            self.pre_pool.arrive(int(order[self.pre_next]))
+            self.pre_next += 1
+        self._next_arrival()
+
+    def _on_shared_done(self, keys: list) -> None:
+        now = self.env.now
+        for key in keys:
+            if key[0] == "p":  # pre-processed: the request enters the queue now (FIFO: the next position)
+                i = key[1]
+                self.entry[i] = now
+                self.q.entry_at[self.entered] = now
+                self.entered += 1
+                self.pre_pool.finished()
+            else:
+                self.b_end[key[1]] = now
+                self._finished(key[2])
+        self._decide()
+
     # -- SimPy callbacks
     def _wake_at(self, t: float) -> None:
         if t < self.wake_pending and t != INF:
@@ -181,13 +230,16 @@ class _Run:
             self.wake_pending = INF
         self._decide()
 
-    def _on_done(self, ev) -> None:
-        inst = ev.value
+    def _finished(self, inst: int) -> None:
+        """``inst`` finished its batch: it is idle again (or retired)."""
         self.busy -= 1
         if self.pool.release(inst):
             self.idle_since[inst] = self.env.now
         else:
             self.scaler.gone(inst, self.env.now)
+
+    def _on_done(self, ev) -> None:
+        self._finished(ev.value)
         # When another event falls on this very instant (a second instance finishing, or a wake),
         # decide in a NORMAL wake, which runs after every (URGENT) completion of this instant.
         if self.env.peek() == self.env.now:
@@ -243,20 +295,25 @@ class _Run:
                 m = ratios[int(m * len(ratios))]
             dt = round(eng.mean_ns[b] * m * eng.contention[on_device])
         self.b_dispatch.append(now)
-        self.b_end.append(now + dt)
+        self.b_end.append(-1 if self.shared else now + dt)  # shared cores: known when it ends
         self.b_size.append(b)
         self.b_inst.append(inst)
         if self.batcher.mode == "timer":
             self.b_mark.append(self.batcher.close_times[-1])
         else:
             self.b_mark.append(self.idle_since[inst])
+        if self.shared:  # its work alone; the speed it runs at changes as pre-processing comes and goes
+            self.cores.start(("b", len(self.b_end) - 1, inst), dt, b)
+            return
         if self.scaler is not None:
             self.scaler.batch(inst, now, now + dt)
         _Completion(self.env, dt, inst).callbacks.append(self._on_done)
 
     # -- run and collect
     def result(self) -> ReplicationTrace:
-        if self.q.n:
+        if self.shared:
+            self._next_arrival()
+        elif self.q.n:
             self._wake_at(self.q.next_entry(1))
         if self.scaler is not None:
             self.scaler.start()
@@ -304,6 +361,8 @@ class _Run:
             extras["network"] = respond(sc, done, self.server_ns, arrival)
         if self.scaler is not None:
             extras["autoscale"] = self.scaler.extras()
+        if self.shared:  # the pre-processing time itself varies with what ran beside it
+            extras["preprocess_start"] = np.where(self.pre_start >= 0, self.pre_start * s, np.nan)
         latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
 
         batch_size = np.zeros(n, np.int64)

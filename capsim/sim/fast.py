@@ -47,6 +47,7 @@ def unsupported_features(sc: Scenario) -> list[str]:
         ("queue.degrade", q.degrade is not None),
         ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed"),
         ("autoscale", sc.autoscale is not None),
+        ("service.cpu_sharing.overlap (cores shared moment to moment)", host_cpu.moment_to_moment(sc)),
     ]
     return [name for name, used in checks if used]
 

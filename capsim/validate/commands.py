@@ -268,6 +268,12 @@ def add_validate_parser(sub) -> None:
     v.add_argument("--no-cpu-sharing", action="store_true",
                    help="predict as if the model had its cores to itself (no service.cpu_sharing from the "
                         "measured CPU per request)")
+    v.add_argument("--no-overlap", action="store_true",
+                   help="share the cores on average instead of moment to moment (no co-run of the model "
+                        "beside the decode)")
+    v.add_argument("--steady-state", action="store_true",
+                   help="compare with the long-run percentiles instead of what a run of --duration seconds from "
+                        "an idle server measures (the same arrival schedule, simulated)")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

@@ -32,6 +32,7 @@ from capsim.errors import CapsimError
 from capsim.validate import protocol as P
 
 WARMUP_FRACTION = 0.1     # the first 10 % of each run's requests are not measured (as the simulator's warm-up)
+WINDOW_DRAWS = 10         # service-time draws per measured run when predicting what that run measures
 TARGET_ERROR_PCT = 10.0
 TARGET_MAX_LOAD = 0.85
 # The in-server calibration runs at half the naive capacity: on a 2-core host the model slows as
@@ -326,14 +327,18 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
         pre_ms = overhead["preprocess_ms"]
     else:
         prof = load_profile(profile)
-        cv = host["compute_cv"]  # measured in the server: the isolated profile's spread is far narrower
+        overlap = (host.get("sharing") or {}).get("overlap")
+        # measured in the server: the isolated profile's spread is far narrower. With the cores shared
+        # moment to moment the engine makes that spread itself: only the model's own spread (co-run) stays.
+        cv = host["corun"]["alone_cv"] if overlap else host["compute_cv"]
         svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k), 4) for k, v in prof.curve_ms().items()},
                "variability": {"distribution": "gamma", "cv": max(cv, 0.01)},
                "contention": {int(k): float(v["factor"]) for k, v in
                               ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
         if host.get("sharing"):
             svc["cpu_sharing"] = dict(host["sharing"])
-        pre_ms = host["decode_ms"]
+        # the decode as it runs in the server beside the model; moment to moment: its time alone (noop run)
+        pre_ms = overhead["preprocess_ms"] if overlap else host["decode_ms"]
     data = {"name": f"validate-B{b}-D{d:g}",
             "arrivals": {"process": "poisson", "rate_rps": rate},
             "service": {**svc,
@@ -346,13 +351,15 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
     return parse_scenario(data)
 
 
-def share_cores(host: dict, overhead: dict, threads: int | None, instances: int, cores: int | None = None) -> None:
-    """Add ``service.cpu_sharing`` (the fluid model) to ``host``: this machine's cores, the cores
-    the model keeps busy (its runtime threads), the CPU per request outside the model from the
-    noop run. The batch-1 calibration ran open loop at ``host['rate_rps']`` with that work beside
-    it, so its ratio is divided by the slowdown there; the full-batch run alternates decoding and
-    compute (closed loop), so its ratio stands. Without a CPU measurement (no /proc) nothing is
-    added."""
+def share_cores(host: dict, overhead: dict, threads: int | None, instances: int, cores: int | None = None,
+                corun: dict | None = None) -> None:
+    """Add ``service.cpu_sharing`` to ``host``: this machine's cores, the cores the model keeps
+    busy (its runtime threads), the CPU per request outside the model from the noop run, and with
+    a ``corun`` measurement (:mod:`capsim.validate.corun`) the overlap speeds, so that decode and
+    batches share the cores moment to moment. The batch-1 calibration ran open loop at
+    ``host['rate_rps']`` with that work beside it, so its ratio is divided by the mean slowdown
+    there; the full-batch run alternates decoding and compute (closed loop), so its ratio stands.
+    Without a CPU measurement (no /proc) nothing is added."""
     from capsim import host_cpu
     from capsim.config import CpuSharing
 
@@ -362,10 +369,41 @@ def share_cores(host: dict, overhead: dict, threads: int | None, instances: int,
     cores = cores or host_cores()
     cs = CpuSharing(cores=cores, model_cores=float(min(cores, (threads or max(1, cores // instances)) * instances)),
                     host_ms=round(h, 4))
-    k = host_cpu.factor(cs, host["rate_rps"] * cs.host_ms / 1000.0)
+    rate, spread = host["rate_rps"], cs.host_ms
     host["sharing"] = {"cores": cs.cores, "model_cores": cs.model_cores, "host_ms": cs.host_ms}
+    k = 1.0
+    if corun:
+        pre_ms = overhead["preprocess_ms"]
+        speeds = {int(b): round(v, 4) for b, v in corun["model_speed"].items()}
+        host["sharing"]["overlap"] = {"model_speed": speeds, "preprocess_speed": round(corun["preprocess_speed"], 4)}
+        host["corun"] = {**corun, "alone_cv": float(np.median(list(corun["model_alone_cv"].values())))}
+        spread = max(0.0, cs.host_ms - pre_ms)
+        k = host_cpu.overlap_slowdown(host_cpu.busy_share(rate, pre_ms, corun["preprocess_speed"]),
+                                      host_cpu.log_interp(speeds, 1))
+    k *= host_cpu.factor(cs, rate * spread / 1000.0)
     host["calibration_slowdown"] = k
     host["compute_ratio_alone"] = host["compute_ratio"] / k
+
+
+def measure_corun(model: str, backend: str, threads: int | None, shape, payload: str, decoders: int, sizes,
+                  say, seconds: float = 3.0) -> dict:
+    """The co-run speeds (:mod:`capsim.validate.corun`) of this model and the server's decode, measured
+    here (no server running) with the model loaded as the server loads it."""
+    from capsim.validate import corun
+    from capsim.validate.load import make_payload
+    from capsim.validate.server import load_model
+
+    is_file = model.endswith((".onnx", ".pt", ".pth", ".ts"))
+    host = load_model(None if is_file else model, model if is_file else None, backend, "cpu", "fp32", 1, threads,
+                      input_shape=shape)
+    body, headers = make_payload(payload, tuple(shape))
+    try:
+        out = corun.measure(host, body, headers["Content-Type"], sizes, seconds=seconds, decoders=decoders, say=say)
+    finally:
+        host.close()
+    say("co-run: a batch beside the decode runs at " + ", ".join(
+        f"b{b} x{v:.2f}" for b, v in out["model_speed"].items()) + f", the decode at x{out['preprocess_speed']:.2f}")
+    return out
 
 
 def capacity(sc) -> float:
@@ -381,8 +419,14 @@ def _sharing_text(host: dict) -> str:
     s = host.get("sharing")
     if not s:
         return ""
-    return (f"; CPU sharing: {s['host_ms']:.2f} ms of CPU per request outside the model, {s['cores']} cores, "
+    text = (f"; CPU sharing: {s['host_ms']:.2f} ms of CPU per request outside the model, {s['cores']} cores, "
             f"model on {s['model_cores']:g} (batch 1 without that work x{host['compute_ratio_alone']:.2f})")
+    if s.get("overlap"):
+        o = s["overlap"]
+        text += ("; co-run: a batch beside the decode runs at " + ", ".join(
+            f"b{b} x{v:.2f}" for b, v in sorted(o["model_speed"].items()))
+            + f" of its speed, the decode at x{o['preprocess_speed']:.2f}")
+    return text
 
 
 def profile_threads(prof) -> int | None:
@@ -400,7 +444,8 @@ def _model_args(model: str, backend: str, preprocess_workers: int, threads: int 
 def validate(model: str, backend: str, profile: str, configs, loads, duration: float = 20.0, instances: int = 1,
              payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
              host_calibration: bool = True, threads: int | None = None, progress=None,
-             cpu_sharing: bool = True, repeat: int = 1) -> Validation:
+             cpu_sharing: bool = True, repeat: int = 1, overlap: bool = True, windows: bool = True,
+             corun_seconds: float = 3.0) -> Validation:
     """Predicted vs measured for every config and load; with ``repeat`` > 1 each cell is measured
     that many times (seeds differ) and compared by the median, with the runs' spread as its noise."""
     from capsim.profile import load_profile
@@ -427,7 +472,11 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
                             largest_batch=max(b for b, _ in configs))
         if cpu_sharing:
-            share_cores(host, overhead, threads, instances)
+            corun = measure_corun(model, backend, threads, shape, payload, preprocess_workers,
+                                  sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say,
+                                  corun_seconds) \
+                if overlap and payload == "jpeg" else None
+            share_cores(host, overhead, threads, instances, corun=corun)
         say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile at batch 1"
             + (f", x{host['compute_ratio_bmax']:.2f} at batch {host['bmax']}" if "bmax" in host else "")
             + f", decode {host['decode_ms']:.2f} ms" + _sharing_text(host))
@@ -455,14 +504,18 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         for load in loads:
             rate = load * cap
             measured, stage_means, noise = _combine(runs[load])
-            sim = simulate(with_rate(base, rate))
+            sc = with_rate(base, rate)
+            sim = simulate(sc)
             r = sim.to_dict()
             predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"],
                          "p99": r["latency_ms"]["p99"], "throughput": r["throughput_rps"] if sim.stable else None,
                          "mean_batch_size": request_batch_size(sim.batch_size_histogram), "stable": sim.stable}
+            if windows and sim.stable:  # compare like with like; overload stays reported as unstable
+                predicted["steady_state"] = {k: predicted[k] for k in ("p50", "p95", "p99")}
+                predicted.update(window_percentiles(sc, duration, [seed + rep for rep in range(repeat)]))
             bd = sim.breakdown_ms
             stages = {"preprocess": (bd["preprocess"], stage_means["preprocess"]),
-                      "decode": (base.service.preprocess.ms, stage_means["decode"]),
+                      "decode": (decode_ms(sim, base), stage_means["decode"]),
                       "queue_wait": (bd["queue_wait"] + bd["batch_formation"], stage_means["queue_wait"]),
                       "compute": (bd["service"], stage_means["compute"])}
             cell = Cell(b, d, load, rate, predicted, measured)
@@ -475,7 +528,40 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                       {"duration_s": duration, "host_calibration": host_calibration, "instances": instances,
                        "payload": payload, "backend": backend, "threads": threads,
                        "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION,
-                       "repeat": repeat})
+                       "repeat": repeat, "windows": windows, "window_draws": WINDOW_DRAWS if windows else None,
+                       "overlap": bool(host and (host.get("sharing") or {}).get("overlap"))})
+
+
+def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
+    """The p50/p95/p99 that the measurement itself would give: each run's own arrival schedule (the
+    load generator's, from its seed) simulated from an idle server for ``duration`` seconds, its
+    first ``WARMUP_FRACTION`` of requests dropped as the measurement drops them; the median over
+    ``draws`` service-time draws per run, then over the runs as :func:`_combine` does.
+
+    A 15-second run near capacity starts from an empty queue and rarely sees the longest busy
+    periods, so its p95 sits well below the long-run one; the long-run figure is kept as
+    ``steady_state``."""
+    from capsim.config import Arrivals
+    from capsim.simulate import make_engine
+    from capsim.validate.load import schedule
+
+    draws = draws or WINDOW_DRAWS
+    engine = make_engine(sc)
+    per_run = []
+    for s in seeds:
+        arr = schedule(Arrivals(process="poisson", rate_rps=sc.arrivals.rate_rps), duration, s)
+        skip = int(len(arr) * WARMUP_FRACTION)
+        vals = []
+        for k in range(draws):
+            lat = engine.run(arr, np.random.default_rng([s, k])).latency_ms[skip:]
+            lat = lat[np.isfinite(lat)]
+            if len(lat):
+                vals.append(np.percentile(lat, [50, 95, 99]))
+        if vals:
+            per_run.append(np.median(vals, axis=0))
+    if not per_run:
+        return {}
+    return dict(zip(("p50", "p95", "p99"), (float(v) for v in np.median(per_run, axis=0))))
 
 
 STAGE_HEADERS = {"preprocess": P.H_PREPROCESS, "decode": P.H_DECODE, "queue_wait": P.H_QUEUE_WAIT,
@@ -515,6 +601,19 @@ def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
     if len(runs) > 1:
         measured["spread"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)] for k in ("p50", "p95", "p99")}
     return measured, stages, noise
+
+
+def decode_ms(sim, sc) -> float:
+    """The mean decode time of the simulation: the stage's fixed time, or with the cores shared
+    moment to moment what it took beside the batches (pre-processing start to queue entry)."""
+    times = []
+    for tr in sim.traces:
+        start = tr.extras.get("preprocess_start")
+        if start is None:
+            return sc.service.preprocess.ms
+        keep = ~tr.warmup & np.isfinite(start) & np.isfinite(tr.entry)
+        times.append((tr.entry[keep] - start[keep]) * 1000.0)
+    return float(np.mean(np.concatenate(times))) if times else sc.service.preprocess.ms
 
 
 def _burst_figures(sc) -> dict:
@@ -651,6 +750,10 @@ def table(v: Validation) -> str:
               f"{v.overhead['host']['decode_ms']:.2f} ms{_sharing_text(v.overhead['host'])}: the prediction uses these"
               if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
+             *([f"predicted percentiles: what a {v.settings['duration_s']:g} s run measures (each run's own arrival "
+                f"schedule simulated from an idle server, the same warm-up dropped, median of "
+                f"{v.settings.get('window_draws')} draws); the long-run ones are in the JSON (steady_state)"]
+               if v.settings.get("windows") else []),
              "", f"{'B':>3}{'D ms':>6}{'load':>6}{'rps':>7} | {'p50 pred':>8}{'meas':>7}{'err%':>7} | {'p95 pred':>8}"
                  f"{'meas':>7}{'err%':>7} | {'p99 pred':>8}{'meas':>7}{'err%':>7} | {'thru err%':>9} | {'batch pred':>10}{'meas':>6}"
                  + (f" | {'p95 noise%':>10}" if repeated else "")]
@@ -755,7 +858,8 @@ def cmd_validate(args) -> int:
     else:
         v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances,
                      args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
-                     threads=args.threads, progress=say, cpu_sharing=not args.no_cpu_sharing, repeat=args.repeat)
+                     threads=args.threads, progress=say, cpu_sharing=not args.no_cpu_sharing, repeat=args.repeat,
+                     overlap=not args.no_overlap, windows=not args.steady_state)
     print(table(v))
     if args.out:
         write_report(v, args.out)
