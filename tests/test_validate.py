@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("aiohttp")
 pytest.importorskip("onnxruntime")
 
-from capsim.validate.validate import parse_configs, parse_loads, validate, write_report  # noqa: E402
+from capsim.validate.validate import parse_configs, parse_loads, table, validate, write_report  # noqa: E402
 from capsim.errors import CapsimError  # noqa: E402
 
 # Mean batch size (the one a request sees): within 0.5 requests or 45 %, whichever is larger
@@ -51,6 +51,12 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     assert set(overlap["model_speed"]) == {1, 8} and v.settings["overlap"]
     assert all(0 < x <= 1 for x in [*overlap["model_speed"].values(), overlap["preprocess_speed"]])
     assert v.settings["windows"]
+    # calibrated before and after the cells; the prediction uses the mean of the two
+    opening, closing = v.overhead["opening"]["host"], v.overhead["closing"]["host"]
+    assert host["compute_ratio"] == pytest.approx((opening["compute_ratio"] * closing["compute_ratio"]) ** 0.5)
+    assert v.overhead["preprocess_ms"] == pytest.approx(
+        (v.overhead["opening"]["preprocess_ms"] + v.overhead["closing"]["preprocess_ms"]) / 2)
+    assert "calibrated before and after the cells" in table(v)
     for c in v.cells:
         # predicted as the 3-second runs measure; the long-run figures are kept beside them
         assert c.predicted["steady_state"]["p95"] > 0 and c.predicted["p95"] > 0
@@ -203,3 +209,19 @@ def test_a_short_run_is_predicted_as_a_short_run():
     assert short["p50"] < short["p95"] < short["p99"]
     assert short["p95"] < 0.85 * steady
     assert long["p95"] == pytest.approx(steady, rel=0.1)
+
+
+def test_bracketing_averages_times_and_ratios():
+    from capsim.validate.validate import bracket, bracket_host
+
+    opening = {"compute_ratio": 1.0, "compute_ratio_bmax": 0.9, "bmax": 8, "decode_ms": 8.0, "compute_cv": 0.2,
+               "rate_rps": 18.0, "sharing": {"cores": 2}, "calibration_slowdown": 1.1, "compute_ratio_alone": 0.9}
+    closing = {"compute_ratio": 1.44, "decode_ms": 10.0, "compute_cv": 0.3, "rate_rps": 16.0}
+    m = bracket_host(opening, closing)
+    assert m["compute_ratio"] == pytest.approx(1.2)          # geometric: 1.0 and 1.44 -> 1.2
+    assert m["compute_ratio_bmax"] == 0.9                     # the closing run had no full batches
+    assert m["decode_ms"] == 9.0 and m["compute_cv"] == pytest.approx(0.25) and m["rate_rps"] == 17.0
+    assert not {"sharing", "calibration_slowdown", "compute_ratio_alone"} & set(m)  # share_cores derives them again
+    assert bracket({"preprocess_ms": 6.0, "host_cpu_ms": None}, {"preprocess_ms": 8.0, "host_cpu_ms": 12.0}) == {
+        "preprocess_ms": 7.0, "host_cpu_ms": None}
+    assert bracket(opening, None) is opening and bracket_host(None, closing) is None

@@ -274,6 +274,10 @@ def add_validate_parser(sub) -> None:
     v.add_argument("--steady-state", action="store_true",
                    help="compare with the long-run percentiles instead of what a run of --duration seconds from "
                         "an idle server measures (the same arrival schedule, simulated)")
+    v.add_argument("--no-closing-calibration", action="store_true",
+                   help="predict from the calibration made before the cells only (by default the server's "
+                        "overhead and the in-server model times are measured again after them, and the "
+                        "prediction uses the mean of the two)")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

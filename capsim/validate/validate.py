@@ -445,7 +445,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
              payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
              host_calibration: bool = True, threads: int | None = None, progress=None,
              cpu_sharing: bool = True, repeat: int = 1, overlap: bool = True, windows: bool = True,
-             corun_seconds: float = 3.0) -> Validation:
+             corun_seconds: float = 3.0, closing_calibration: bool = True) -> Validation:
     """Predicted vs measured for every config and load; with ``repeat`` > 1 each cell is measured
     that many times (seeds differ) and compared by the median, with the runs' spread as its noise."""
     from capsim.profile import load_profile
@@ -460,32 +460,40 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             raise CapsimError(f"--configs: B={b} is above the largest batch size in {profile} ({largest}); "
                               "calibrate larger batches or lower B")
     shape = tuple(prof.model.get("input_shape") or (3, 224, 224))
-    overhead = measure_overhead(shape, payload, preprocess_workers, overhead_duration,
-                                rate=min(20.0, 200.0 / max(1.0, prof.data["batches"][0]["median_ms"])), seed=seed,
-                                say=say)
-    say(f"server overhead: decode {overhead['preprocess_ms']:.2f} ms, other {overhead['overhead_ms']:.2f} ms per request")
     threads = threads or profile_threads(prof)
     server_args = _model_args(model, backend, preprocess_workers, threads, instances)
-    host = None
-    if host_calibration:
-        naive = capacity(scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, 1.0, seed))
-        host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
-                            largest_batch=max(b for b, _ in configs))
+    largest_b = max(b for b, _ in configs)
+    corun = None
+    if host_calibration and cpu_sharing and overlap and payload == "jpeg":
+        corun = measure_corun(model, backend, threads, shape, payload, preprocess_workers,
+                              sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say, corun_seconds)
+
+    def calibrate(label: str) -> tuple[dict, dict | None]:
+        """The server's overhead and, with host calibration, how the model runs inside it."""
+        ov = measure_overhead(shape, payload, preprocess_workers, overhead_duration,
+                              rate=min(20.0, 200.0 / max(1.0, prof.data["batches"][0]["median_ms"])), seed=seed,
+                              say=say)
+        say(f"{label}: server overhead: decode {ov['preprocess_ms']:.2f} ms, other {ov['overhead_ms']:.2f} ms "
+            "per request")
+        if not host_calibration:
+            return ov, None
+        naive = capacity(scenario_for(profile, ov, 1, 0.0, instances, preprocess_workers, 1.0, seed))
+        h = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
+                         largest_batch=largest_b)
         if cpu_sharing:
-            corun = measure_corun(model, backend, threads, shape, payload, preprocess_workers,
-                                  sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say,
-                                  corun_seconds) \
-                if overlap and payload == "jpeg" else None
-            share_cores(host, overhead, threads, instances, corun=corun)
-        say(f"inside the server: compute x{host['compute_ratio']:.2f} the profile at batch 1"
-            + (f", x{host['compute_ratio_bmax']:.2f} at batch {host['bmax']}" if "bmax" in host else "")
-            + f", decode {host['decode_ms']:.2f} ms" + _sharing_text(host))
-    cells, cpu = [], []
+            share_cores(h, ov, threads, instances, corun=corun)
+        say(f"{label}: inside the server: compute x{h['compute_ratio']:.2f} the profile at batch 1"
+            + (f", x{h['compute_ratio_bmax']:.2f} at batch {h['bmax']}" if "bmax" in h else "")
+            + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h))
+        return ov, h
+
+    overhead, host = calibrate("opening calibration")
     total = len(configs) * len(loads) * repeat
     done = 0
+    measured_runs, caps, cpu = {}, {}, []
     for b, d in configs:
-        base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
-        cap = capacity(base)
+        cap = caps[b, d] = capacity(scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed,
+                                                 host))
         args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}"]
         say(f"B={b} D={d:g} ms: predicted capacity {cap:.1f} rps; starting the server")
         runs: dict[float, list[dict]] = {load: [] for load in loads}
@@ -501,9 +509,25 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                     res = _load(srv.url, rate, duration, seed + rep, payload, shape)
                     cpu.append(res.summary["generator_cpu_percent"])
                     runs[load].append(_measure_run(res))
+        measured_runs[b, d] = runs
+    opening = {**overhead, "host": host}
+    closing = None
+    if closing_calibration:
+        # Measured again after the cells: a machine whose speed drifts (a VM's neighbours) is
+        # predicted from the mean of the two, as an instrument is calibrated before and after use.
+        closing_ov, closing_host = calibrate("closing calibration")
+        closing = {**closing_ov, "host": closing_host}
+        overhead, host = bracket(overhead, closing_ov), bracket_host(host, closing_host)
+        if host is not None and cpu_sharing:
+            share_cores(host, overhead, threads, instances, corun=corun)
+        say("the prediction uses the mean of the opening and closing calibrations"
+            + (f": compute x{host['compute_ratio']:.2f} at batch 1" if host else ""))
+    cells = []
+    for b, d in configs:
+        base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
         for load in loads:
-            rate = load * cap
-            measured, stage_means, noise = _combine(runs[load])
+            rate = load * caps[b, d]
+            measured, stage_means, noise = _combine(measured_runs[b, d][load])
             sc = with_rate(base, rate)
             sim = simulate(sc)
             r = sim.to_dict()
@@ -524,12 +548,46 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
             cell.noise_pct = noise
             cells.append(cell)
-    return Validation(model, profile, {**overhead, "host": host}, cells, cpu,
+    over = {**overhead, "host": host}
+    if closing is not None:
+        over.update(opening=opening, closing=closing)
+    return Validation(model, profile, over, cells, cpu,
                       {"duration_s": duration, "host_calibration": host_calibration, "instances": instances,
                        "payload": payload, "backend": backend, "threads": threads,
                        "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION,
                        "repeat": repeat, "windows": windows, "window_draws": WINDOW_DRAWS if windows else None,
-                       "overlap": bool(host and (host.get("sharing") or {}).get("overlap"))})
+                       "overlap": bool(host and (host.get("sharing") or {}).get("overlap")),
+                       "closing_calibration": closing_calibration})
+
+
+# What a bracketed calibration averages: times arithmetically, ratios geometrically.
+_MEAN_KEYS = ("preprocess_ms", "overhead_ms", "latency_ms", "server_total_ms", "queue_wait_ms", "gap_ms",
+              "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps")
+_RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax")
+
+
+def bracket(a: dict | None, b: dict | None) -> dict | None:
+    """The mean of two calibrations (opening and closing) of the same kind: the times' arithmetic
+    mean, the ratios' geometric mean; keys the closing one lacks keep the opening value."""
+    if a is None or b is None:
+        return a
+    out = dict(a)
+    for k in _MEAN_KEYS:
+        if a.get(k) is not None and b.get(k) is not None:
+            out[k] = (a[k] + b[k]) / 2.0
+    for k in _RATIO_KEYS:
+        if a.get(k) is not None and b.get(k) is not None:
+            out[k] = math.sqrt(a[k] * b[k])
+    return out  # a ratio the closing run lacks (no full batches measured) keeps the opening's
+
+
+def bracket_host(a: dict | None, b: dict | None) -> dict | None:
+    """:func:`bracket` of two in-server calibrations, without what :func:`share_cores` derives."""
+    m = bracket(a, b)
+    if m is None:
+        return None
+    return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
+                                                    "compute_ratio_alone")}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
@@ -729,6 +787,20 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
 # --------------------------------------------------------------------------- output
 
 
+def _drift_text(opening: dict, closing: dict) -> str:
+    """How the machine changed between the calibrations before and after the cells."""
+    parts = [f"decode {opening['preprocess_ms']:.2f} -> {closing['preprocess_ms']:.2f} ms (noop)"]
+    ho, hc = opening.get("host"), closing.get("host")
+    if ho and hc:
+        parts.insert(0, f"compute at batch 1 x{ho['compute_ratio']:.2f} -> x{hc['compute_ratio']:.2f} the profile")
+        if "compute_ratio_bmax" in ho and "compute_ratio_bmax" in hc:
+            parts.insert(1, f"at batch {ho['bmax']} x{ho['compute_ratio_bmax']:.2f} -> x{hc['compute_ratio_bmax']:.2f}")
+    if opening.get("host_cpu_ms") is not None and closing.get("host_cpu_ms") is not None:
+        parts.append(f"CPU per request {opening['host_cpu_ms']:.1f} -> {closing['host_cpu_ms']:.1f} ms")
+    return ("calibrated before and after the cells: " + ", ".join(parts)
+            + "; the values above are the mean of the two")
+
+
 def _pct(x):
     return None if x is None else 100 * x
 
@@ -750,6 +822,7 @@ def table(v: Validation) -> str:
               f"{v.overhead['host']['decode_ms']:.2f} ms{_sharing_text(v.overhead['host'])}: the prediction uses these"
               if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
+             *([_drift_text(v.overhead["opening"], v.overhead["closing"])] if v.overhead.get("closing") else []),
              *([f"predicted percentiles: what a {v.settings['duration_s']:g} s run measures (each run's own arrival "
                 f"schedule simulated from an idle server, the same warm-up dropped, median of "
                 f"{v.settings.get('window_draws')} draws); the long-run ones are in the JSON (steady_state)"]
@@ -859,7 +932,8 @@ def cmd_validate(args) -> int:
         v = validate(args.model, args.backend, args.profile, configs, loads, args.duration, args.instances,
                      args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
                      threads=args.threads, progress=say, cpu_sharing=not args.no_cpu_sharing, repeat=args.repeat,
-                     overlap=not args.no_overlap, windows=not args.steady_state)
+                     overlap=not args.no_overlap, windows=not args.steady_state,
+                     closing_calibration=not args.no_closing_calibration)
     print(table(v))
     if args.out:
         write_report(v, args.out)
