@@ -124,9 +124,13 @@ def test_camera_validation_compares_the_bursts(tiny_profile):
 def test_camera_validation_with_the_latest_frame_decode_line(tiny_profile):
     from capsim.validate.validate import validate_streams
 
-    # 6 cameras x 60 fps = 360 fps into one decode thread (~5 ms a JPEG here: ~200 fps)
+    # 6 cameras x 60 fps = 360 fps into one decode thread (~5 ms a JPEG here: ~200 fps). Without
+    # CPU sharing: at the decode thread's capacity the server's ~10-11 ms of CPU per request is
+    # ~2 cores of host work, right at this 2-core machine's edge, where the average sharing model
+    # calls the host saturated (every frame dropped) on a run that measures 10.6 ms instead of 10.4
+    # (a known limit of that model, README "CPU sharing"); this test is about the decode line.
     v = validate_streams("tiny_cnn", "onnxruntime", tiny_profile, [(4, 5.0)], "6x60fps", duration=4.0,
-                         decode_latest=True)
+                         decode_latest=True, cpu_sharing=False)
     (c,) = v.cells
     assert v.settings["decode_latest"] is True
     assert c.predicted["stable"]  # the decode line sheds the overload instead of piling it up

@@ -102,6 +102,8 @@ class SimPyEngine:
 class _Run:
     """State of one replication (kept apart from the engine so nothing leaks between runs)."""
 
+    shared = False  # cores shared moment to moment (set in __init__; subclasses that set up their own state keep False)
+
     def __init__(self, eng: SimPyEngine, arr: ArrivalStream, rng: np.random.Generator):
         sc = eng.sc
         self.eng, self.arr, self.rng = eng, arr, rng
