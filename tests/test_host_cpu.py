@@ -23,6 +23,8 @@ from capsim.errors import ScenarioError
 from capsim.plan import throughput_bound
 from capsim.simulate import simulate
 
+from edits import edited  # tests/edits.py
+
 PROFILE = str(Path(__file__).resolve().parent.parent / "calibration" / "resnet18-onnxruntime-cpu-fp32.json")
 
 BASE = {
@@ -35,17 +37,7 @@ BASE = {
 
 
 def scenario(**edits):
-    data = copy.deepcopy(BASE)
-    for path, value in edits.items():
-        node = data
-        *head, last = path.split(".")
-        for k in head:
-            node = node.setdefault(k, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return parse_scenario(data)
+    return parse_scenario(edited(BASE, **edits))
 
 
 def slowdown(sc) -> float:

@@ -7,7 +7,6 @@ decode, and one-line errors.
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from capsim.arrivals import ArrivalStream
 from capsim.config import parse_scenario
 from capsim.errors import CapsimError, ScenarioError
 from capsim.simulate import make_engine, simulate
+
+from edits import edited  # tests/edits.py
 
 SHARED = {"cores": 2, "model_cores": 2, "host_ms": 0.0,
           "overlap": {"model_speed": {1: 0.5}, "preprocess_speed": 0.5}}
@@ -31,17 +32,7 @@ BASE = {
 
 
 def scenario(**edits):
-    data = copy.deepcopy(BASE)
-    for path, value in edits.items():
-        node = data
-        *head, last = path.split(".")
-        for k in head:
-            node = node.setdefault(k, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return parse_scenario(data)
+    return parse_scenario(edited(BASE, **edits))
 
 
 def stream(times_s) -> ArrivalStream:
