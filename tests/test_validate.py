@@ -65,6 +65,14 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
         pred, meas = c.predicted["mean_batch_size"], c.measured["mean_batch_size"]
         assert abs(pred - meas) <= max(BATCH_TOLERANCE_ABS, BATCH_TOLERANCE_REL * pred), c.to_dict()
         assert c.measured["completed"] > 0
+        # how fast the model ran in the run, against the prediction's curve, and the cell predicted
+        # again at that speed
+        (run,) = c.measured["per_run"]
+        assert 0.2 < run["model_speed"] < 5 and 0.2 < run["drift"] < 5
+        given = c.predicted["given_speed"]
+        assert given["speed"] == pytest.approx(run["drift"])
+        assert 0 < given["p50"] <= given["p95"] <= given["p99"] and math.isfinite(c.errors_pct["p95_given_speed"])
+    assert "at each run's own model speed" in table(v)
     b1 = [c for c in v.cells if c.max_batch_size == 1]
     assert all(c.measured["mean_batch_size"] == 1.0 for c in b1)  # B=1 never batches, in either world
     b8 = [c for c in v.cells if c.max_batch_size == 8]
@@ -72,7 +80,8 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     out = tmp_path / "v.json"
     write_report(v, str(out))
     data = json.loads(out.read_text())
-    assert set(data["median_abs_error_pct"]) == {"p50", "p95", "p99", "throughput"}
+    assert set(data["median_abs_error_pct"]) == {"p50", "p95", "p99", "throughput", "p50_given_speed",
+                                                 "p95_given_speed", "p99_given_speed"}
     html = tmp_path / "v.html"
     write_report(v, str(html))
     assert "Predicted vs measured" in html.read_text() and "Plotly.newPlot" in html.read_text()

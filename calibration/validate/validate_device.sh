@@ -11,7 +11,10 @@
 # CAPSIM_REPEAT (2: each cell twice, the median compared and the spread reported as noise),
 # CAPSIM_MAX_SECONDS (3), CAPSIM_BATCHES (1,2,4,8,16), CAPSIM_STREAMS (6x25fps), CAPSIM_BURST (2),
 # CAPSIM_STREAM_DURATION (30), CAPSIM_CONFIGS (B=1,D=0;B=4,D=5;B=8,D=10), CAPSIM_PROFILE (none:
-# calibrate first; e.g. calibration/resnet18-onnxruntime-cpu-fp32-xeon16-4t.json, measured there).
+# calibrate first; e.g. calibration/resnet18-onnxruntime-cpu-fp32-xeon16-4t.json, measured there),
+# CAPSIM_VALIDATE_TIMEOUT (420 s for the Poisson cells), CAPSIM_SKIP_STREAMS (unset: the camera
+# cells run too; 1 skips them when the device budget is short), CAPSIM_VALIDATE_ARGS (more
+# \`capsim validate\` flags for the Poisson cells, e.g. --no-overlap where the co-run is known ~1).
 set -u
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -27,6 +30,7 @@ STREAMS=${CAPSIM_STREAMS:-6x25fps}
 BURST=${CAPSIM_BURST:-2}
 SDUR=${CAPSIM_STREAM_DURATION:-30}
 CONFIGS=${CAPSIM_CONFIGS:-B=1,D=0;B=4,D=5;B=8,D=10}
+VTIMEOUT=${CAPSIM_VALIDATE_TIMEOUT:-420}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 : > "$LOG"
@@ -44,7 +48,7 @@ log "environment"
 python3 - <<'PY' 2>&1 | tee -a "$LOG"
 import os, platform
 print("python", platform.python_version(), "cpus", os.cpu_count())
-import onnxruntime, aiohttp, simpy, numba, capsim
+import onnxruntime, aiohttp, simpy, numba, scipy, yaml, PIL, capsim
 print("onnxruntime", onnxruntime.__version__, "aiohttp", aiohttp.__version__, "simpy", simpy.__version__,
       "numba", numba.__version__, "capsim", capsim.__version__)
 PY
@@ -62,10 +66,11 @@ else
 fi
 
 log "validate $MODEL: configs $CONFIGS, loads 0.3-0.85, $DUR s per cell x $REPEAT, $DECODERS decode threads"
-timeout -k 10 420 python3 -m capsim.cli validate --model "$MODEL" --backend onnxruntime --profile "$PROFILE" \
+timeout -k 10 "$VTIMEOUT" python3 -m capsim.cli validate --model "$MODEL" --backend onnxruntime --profile "$PROFILE" \
     --configs "$CONFIGS" --loads 0.3,0.5,0.7,0.85 --duration "$DUR" --repeat "$REPEAT" --preprocess-workers "$DECODERS" \
-    --out "$OUT/validation.json" 2>&1 | tee -a "$LOG" || log "FAILED validate (exit $?)"
+    ${CAPSIM_VALIDATE_ARGS:-} --out "$OUT/validation.json" 2>&1 | tee -a "$LOG" || log "FAILED validate (exit $?)"
 
+if [ -n "${CAPSIM_SKIP_STREAMS:-}" ]; then log "camera cells skipped (CAPSIM_SKIP_STREAMS)"; log "done"; exit 0; fi
 log "validate $MODEL streams $STREAMS, bursts x$BURST"
 timeout -k 10 200 python3 -m capsim.cli validate --model "$MODEL" --backend onnxruntime --profile "$PROFILE" \
     --configs "B=4,D=5;B=8,D=10" --streams "$STREAMS" --burst "$BURST" --burst-s 2 --calm-s 6 \

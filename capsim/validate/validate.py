@@ -29,12 +29,14 @@ import numpy as np
 
 from capsim.config import parse_scenario
 from capsim.errors import CapsimError
+from capsim.validate import drift
 from capsim.validate import protocol as P
 
 WARMUP_FRACTION = 0.1     # the first 10 % of each run's requests are not measured (as the simulator's warm-up)
 WINDOW_DRAWS = 10         # service-time draws per measured run when predicting what that run measures
 TARGET_ERROR_PCT = 10.0
 TARGET_MAX_LOAD = 0.85
+GIVEN_SPEED_KEYS = ("p50_given_speed", "p95_given_speed", "p99_given_speed")
 # The in-server calibration runs at half the naive capacity: on a 2-core host the model slows as
 # decoding and HTTP work grow with the load, and the cells span 0.3-0.85 of capacity.
 HOST_LOAD = 0.5
@@ -190,7 +192,8 @@ class Validation:
     def to_dict(self) -> dict:
         return {"model": self.model, "profile": self.profile, "overhead": self.overhead, "settings": self.settings,
                 "cells": [c.to_dict() for c in self.cells],
-                "median_abs_error_pct": {k: self.median_abs_error(k) for k in ("p50", "p95", "p99", "throughput")},
+                "median_abs_error_pct": {k: self.median_abs_error(k) for k in
+                                         ("p50", "p95", "p99", "throughput", *GIVEN_SPEED_KEYS)},
                 "median_noise_pct": {k: self.median_noise(k) for k in ("p50", "p95", "p99")},
                 "target": {"median_abs_error_pct": TARGET_ERROR_PCT, "loads_up_to": TARGET_MAX_LOAD},
                 "generator_cpu_percent": self.generator_cpu_percent}
@@ -317,9 +320,10 @@ def host_ratio(host: dict, b: int) -> float:
 
 
 def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int, preprocess_workers: int,
-                 rate: float, seed: int, host: dict | None = None):
+                 rate: float, seed: int, host: dict | None = None, speed: float = 1.0):
     """The scenario capsim predicts with: the profile's batch times (scaled by the host's measured
-    interference when ``host`` is given), the measured server costs."""
+    interference when ``host`` is given), the measured server costs. ``speed`` scales the batch
+    times once more (with ``host``): a run's own drift (:mod:`capsim.validate.drift`)."""
     from capsim.profile import load_profile
 
     if host is None:
@@ -331,7 +335,7 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
         # measured in the server: the isolated profile's spread is far narrower. With the cores shared
         # moment to moment the engine makes that spread itself: only the model's own spread (co-run) stays.
         cv = host["corun"]["alone_cv"] if overlap else host["compute_cv"]
-        svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k), 4) for k, v in prof.curve_ms().items()},
+        svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k) * speed, 4) for k, v in prof.curve_ms().items()},
                "variability": {"distribution": "gamma", "cv": max(cv, 0.01)},
                "contention": {int(k): float(v["factor"]) for k, v in
                               ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
@@ -492,8 +496,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
     done = 0
     measured_runs, caps, cpu = {}, {}, []
     for b, d in configs:
-        cap = caps[b, d] = capacity(scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed,
-                                                 host))
+        opening_sc = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
+        cap = caps[b, d] = capacity(opening_sc)
         args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}"]
         say(f"B={b} D={d:g} ms: predicted capacity {cap:.1f} rps; starting the server")
         runs: dict[float, list[dict]] = {load: [] for load in loads}
@@ -508,7 +512,9 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                         + (f" (repeat {rep + 1} of {repeat})" if repeat > 1 else ""))
                     res = _load(srv.url, rate, duration, seed + rep, payload, shape)
                     cpu.append(res.summary["generator_cpu_percent"])
-                    runs[load].append(_measure_run(res))
+                    run = _measure_run(res)
+                    runs[load].append(run)
+                    say("    " + _run_text(run, drift.curve_of(opening_sc)))
         measured_runs[b, d] = runs
     opening = {**overhead, "host": host}
     closing = None
@@ -537,6 +543,13 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             if windows and sim.stable:  # compare like with like; overload stays reported as unstable
                 predicted["steady_state"] = {k: predicted[k] for k in ("p50", "p95", "p99")}
                 predicted.update(window_percentiles(sc, duration, [seed + rep for rep in range(repeat)]))
+            runs = measured_runs[b, d][load]
+            given = _given_speed(sim, base, runs, host, rate, duration, seed, windows,
+                                 lambda k: scenario_for(profile, overhead, b, d, instances, preprocess_workers,
+                                                        1.0, seed, host, speed=k))
+            measured["per_run"] = given.pop("per_run")
+            if given:
+                predicted["given_speed"] = given
             bd = sim.breakdown_ms
             stages = {"preprocess": (bd["preprocess"], stage_means["preprocess"]),
                       "decode": (decode_ms(sim, base), stage_means["decode"]),
@@ -545,6 +558,9 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             cell = Cell(b, d, load, rate, predicted, measured)
             cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
                                ("p50", "p95", "p99", "throughput", "mean_batch_size")}
+            if given:
+                cell.errors_pct.update({f"{k}_given_speed": _err(given.get(k), measured[k])
+                                        for k in ("p50", "p95", "p99")})
             cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
             cell.noise_pct = noise
             cells.append(cell)
@@ -635,7 +651,8 @@ def _measure_run(res) -> dict:
             "p99": float(np.percentile(lat, 99)), "throughput": len(ok) / window if window else None,
             "mean_batch_size": _mean(ok, P.H_BATCH_SIZE), "completed": len(ok),
             "dropped": sum(1 for r in res.rows if r["outcome"] != "ok"),
-            "stages": {k: _mean(ok, h) for k, h in STAGE_HEADERS.items()}}
+            "stages": {k: _mean(ok, h) for k, h in STAGE_HEADERS.items()},
+            "compute_by_batch": drift.compute_by_batch(ok), "ok_rows": ok}
 
 
 def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
@@ -659,6 +676,45 @@ def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
     if len(runs) > 1:
         measured["spread"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)] for k in ("p50", "p95", "p99")}
     return measured, stages, noise
+
+
+def _given_speed(sim, base, runs: list[dict], host: dict | None, rate: float, duration: float, seed: int,
+                 windows: bool, scenario_at) -> dict:
+    """Each run's model speed and drift (:mod:`capsim.validate.drift`), and with a host calibration
+    the percentiles predicted again at each run's own speed: what the queueing and batching model
+    gives once the machine's drift is taken out. ``scenario_at(k)`` is the cell's scenario with
+    the batch times scaled by ``k``. Returns ``per_run`` (always) and, when every run's drift is
+    known, ``speed`` (the median drift) and p50/p95/p99 (the median over the runs)."""
+    from capsim.plan import with_rate
+    from capsim.simulate import simulate
+
+    curve = drift.curve_of(base)
+    sim_speed = drift.speed(drift.simulated_by_batch(sim), curve)
+    per_run = []
+    for r in runs:
+        k = drift.speed(r["compute_by_batch"], curve)
+        secs = drift.speed_by_second(r["ok_rows"], curve)
+        per_run.append({"p50": r["p50"], "p95": r["p95"], "p99": r["p99"], "model_speed": k,
+                        "drift": drift.drift(k, sim_speed),
+                        "drift_by_second": [min(secs) / sim_speed, max(secs) / sim_speed] if secs and sim_speed
+                        else None})
+    out: dict = {"per_run": per_run}
+    drifts = [p["drift"] for p in per_run]
+    if host is None or not drifts or any(k is None for k in drifts):
+        return out
+    preds = []
+    for rep, k in enumerate(drifts):
+        sc = with_rate(scenario_at(k), rate)
+        if windows:  # a run at this speed from an idle server, as measured, stable or not
+            preds.append(window_percentiles(sc, duration, [seed + rep]))
+        else:
+            r = simulate(sc)
+            preds.append({q: r.to_dict()["latency_ms"][q] if r.stable else None for q in ("p50", "p95", "p99")})
+    out["speed"] = float(np.median(drifts))
+    for q in ("p50", "p95", "p99"):
+        vals = [p.get(q) for p in preds]
+        out[q] = float(np.median(vals)) if vals and all(v is not None for v in vals) else None
+    return out
 
 
 def decode_ms(sim, sc) -> float:
@@ -801,6 +857,38 @@ def _drift_text(opening: dict, closing: dict) -> str:
             + "; the values above are the mean of the two")
 
 
+def _run_text(run: dict, curve) -> str:
+    """One measured run, as the progress line shows it: its percentiles and the model's speed
+    against ``curve`` (the opening calibration's batch times), over the run and by the second."""
+    k = drift.speed(run["compute_by_batch"], curve)
+    secs = drift.speed_by_second(run["ok_rows"], curve)
+    return (f"p50 {run['p50']:.1f} ms, p95 {run['p95']:.1f} ms, mean batch {run['mean_batch_size']:.2f}"
+            + (f", the model at x{k:.2f} of the opening calibration's batch times" if k else "")
+            + (f" (x{min(secs):.2f}-x{max(secs):.2f} by the second)" if secs else ""))
+
+
+def _given_speed_lines(v: Validation, f) -> list[str]:
+    """Each cell predicted again at its runs' own model speed; empty when none was."""
+    cells = [c for c in v.cells if c.predicted.get("given_speed")]
+    if not cells:
+        return []
+    lines = ["", "at each run's own model speed (the prediction's curve scaled by the drift the runs measured: "
+                 "the queueing and batching model alone):"]
+    for c in cells:
+        g, m, e = c.predicted["given_speed"], c.measured, c.errors_pct
+        runs = ", ".join(f"x{r['drift']:.2f}" + (" (x{:.2f}-x{:.2f} by the second)".format(*r["drift_by_second"])
+                                                   if r.get("drift_by_second") else "")
+                         for r in c.measured.get("per_run", []) if r.get("drift"))
+        lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: model x{g['speed']:.2f} "
+                     f"of the prediction ({runs}); p50 {f(g.get('p50'), 1)}/{f(m['p50'], 1)} "
+                     f"({f(e.get('p50_given_speed'), 1)}%), p95 {f(g.get('p95'), 1)}/{f(m['p95'], 1)} "
+                     f"({f(e.get('p95_given_speed'), 1)}%)")
+    meds = {k: v.median_abs_error(k) for k in GIVEN_SPEED_KEYS}
+    lines.append(f"median |error| over loads <= {TARGET_MAX_LOAD} at the runs' own model speed: " + ", ".join(
+        f"{k.split('_')[0]} {'–' if x is None else f'{x:.1f} %'}" for k, x in meds.items()))
+    return lines
+
+
 def _pct(x):
     return None if x is None else 100 * x
 
@@ -853,6 +941,7 @@ def table(v: Validation) -> str:
     for c in v.cells:
         parts = [f"{k} {f(pm[0], 5)}/{f(pm[1], 5)} ({f(pm[2], 5)}%)" for k, pm in c.stages.items()]
         lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: " + "; ".join(parts))
+    lines.extend(_given_speed_lines(v, f))
     lines.append("")
     for k in ("p50", "p95", "p99", "throughput"):
         mae = v.median_abs_error(k)
