@@ -72,6 +72,11 @@ def speed_by_second(rows: list[dict], curve_ms: Callable[[int], float], min_requ
     return out
 
 
+def run_speed(rows: list[dict], curve_ms: Callable[[int], float]) -> tuple[float | None, list[float]]:
+    """A measured run's :func:`speed` over the whole run and :func:`speed_by_second`."""
+    return speed(compute_by_batch(rows), curve_ms), speed_by_second(rows, curve_ms)
+
+
 def simulated_by_batch(sim) -> ByBatch:
     """:func:`compute_by_batch` of a simulation's measured (non-warm-up, completed) requests."""
     out: dict[int, list] = {}

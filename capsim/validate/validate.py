@@ -652,7 +652,7 @@ def _measure_run(res) -> dict:
             "mean_batch_size": _mean(ok, P.H_BATCH_SIZE), "completed": len(ok),
             "dropped": sum(1 for r in res.rows if r["outcome"] != "ok"),
             "stages": {k: _mean(ok, h) for k, h in STAGE_HEADERS.items()},
-            "compute_by_batch": drift.compute_by_batch(ok), "ok_rows": ok}
+            "ok_rows": ok}
 
 
 def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
@@ -692,8 +692,7 @@ def _given_speed(sim, base, runs: list[dict], host: dict | None, rate: float, du
     sim_speed = drift.speed(drift.simulated_by_batch(sim), curve)
     per_run = []
     for r in runs:
-        k = drift.speed(r["compute_by_batch"], curve)
-        secs = drift.speed_by_second(r["ok_rows"], curve)
+        k, secs = drift.run_speed(r["ok_rows"], curve)
         per_run.append({"p50": r["p50"], "p95": r["p95"], "p99": r["p99"], "model_speed": k,
                         "drift": drift.drift(k, sim_speed),
                         "drift_by_second": [min(secs) / sim_speed, max(secs) / sim_speed] if secs and sim_speed
@@ -708,8 +707,9 @@ def _given_speed(sim, base, runs: list[dict], host: dict | None, rate: float, du
         if windows:  # a run at this speed from an idle server, as measured, stable or not
             preds.append(window_percentiles(sc, duration, [seed + rep]))
         else:
-            r = simulate(sc)
-            preds.append({q: r.to_dict()["latency_ms"][q] if r.stable else None for q in ("p50", "p95", "p99")})
+            long_run = simulate(sc)
+            preds.append({q: long_run.to_dict()["latency_ms"][q] if long_run.stable else None
+                          for q in ("p50", "p95", "p99")})
     out["speed"] = float(np.median(drifts))
     for q in ("p50", "p95", "p99"):
         vals = [p.get(q) for p in preds]
@@ -860,8 +860,7 @@ def _drift_text(opening: dict, closing: dict) -> str:
 def _run_text(run: dict, curve) -> str:
     """One measured run, as the progress line shows it: its percentiles and the model's speed
     against ``curve`` (the opening calibration's batch times), over the run and by the second."""
-    k = drift.speed(run["compute_by_batch"], curve)
-    secs = drift.speed_by_second(run["ok_rows"], curve)
+    k, secs = drift.run_speed(run["ok_rows"], curve)
     return (f"p50 {run['p50']:.1f} ms, p95 {run['p95']:.1f} ms, mean batch {run['mean_batch_size']:.2f}"
             + (f", the model at x{k:.2f} of the opening calibration's batch times" if k else "")
             + (f" (x{min(secs):.2f}-x{max(secs):.2f} by the second)" if secs else ""))
