@@ -191,6 +191,21 @@ class CpuSharing:
 
 
 @dataclass
+class AfterIdle:
+    """A model instance that sat idle starts its next batch slower, by a fixed time that builds up
+    with the idle time: ``extra_ms x (1 - exp(-idle / tau_ms))``, ``idle`` being how long the
+    instance waited since its last batch (or since the run started).
+
+    On CPU hosts the runtime's threads go to sleep and its caches cool between batches, and a
+    profile times batches back to back; at light load nearly every batch pays. Back-to-back
+    batches pay nothing, so capacity is unchanged. The SimPy engine simulates it."""
+
+    extra_ms: float = spec(0.0, "extra time of a batch after a long idle; 0 = off", unit="ms", ge=0, ui_max=100)
+    tau_ms: float = spec(50.0, "idle time over which that extra time builds up (63 % of it after tau_ms)",
+                         unit="ms", gt=0, ui_max=1000)
+
+
+@dataclass
 class Service:
     """Model service time per batch size, and the time spent outside the model."""
 
@@ -217,6 +232,8 @@ class Service:
     )
     cpu_sharing: CpuSharing = spec(help="a CPU model slowed by the server's own work on the same cores",
                                    factory=CpuSharing)
+    after_idle: AfterIdle = spec(help="a batch that follows an idle spell of its instance runs slower "
+                                      "(threads asleep, caches cold)", factory=AfterIdle)
     # The loaded calibration profile, when `profile` is set; not a user field.
     loaded_profile: Any = field(default=None, repr=False, compare=False, metadata={"internal": True})
 

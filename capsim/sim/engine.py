@@ -8,6 +8,7 @@ request.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,6 +92,8 @@ class SimPyEngine:
         # Indexed by the busy instances on the batch's device (the most there can be: busy_per_device).
         self.contention = contention_table(scenario.service, busy_per_device(scenario)).tolist()
         self.sampler = variability_sampler(scenario.service.variability)
+        idle = scenario.service.after_idle
+        self.idle_extra_ns, self.idle_tau_ns = idle.extra_ms * 1e6, idle.tau_ms * 1e6
         self.empirical = None
         if scenario.service.variability.distribution == "empirical":
             self.empirical = empirical_ratios(scenario.service.loaded_profile.samples_ms(), self.curve)
@@ -296,6 +299,8 @@ class _Run:
                 ratios = eng.empirical[b]
                 m = ratios[int(m * len(ratios))]
             dt = round(eng.mean_ns[b] * m * eng.contention[on_device])
+        if eng.idle_extra_ns:  # the instance's threads and caches went cold while it waited
+            dt += round(eng.idle_extra_ns * (1.0 - math.exp(-(now - self.idle_since[inst]) / eng.idle_tau_ns)))
         self.b_dispatch.append(now)
         self.b_end.append(-1 if self.shared else now + dt)  # shared cores: known when it ends
         self.b_size.append(b)

@@ -48,6 +48,7 @@ def unsupported_features(sc: Scenario) -> list[str]:
         ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed"),
         ("autoscale", sc.autoscale is not None),
         ("service.cpu_sharing.overlap (cores shared moment to moment)", host_cpu.moment_to_moment(sc)),
+        ("service.after_idle", sc.service.after_idle.extra_ms > 0),
     ]
     return [name for name, used in checks if used]
 

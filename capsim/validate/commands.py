@@ -278,6 +278,9 @@ def add_validate_parser(sub) -> None:
                    help="predict from the calibration made before the cells only (by default the server's "
                         "overhead and the in-server model times are measured again after them, and the "
                         "prediction uses the mean of the two)")
+    v.add_argument("--no-after-idle", action="store_true",
+                   help="predict without the extra time a batch takes after its instance sat idle (by "
+                        "default it is measured with the model alone and becomes service.after_idle)")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

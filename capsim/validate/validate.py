@@ -238,12 +238,17 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
         host_cpu_ms = (cpu1 - cpu0 + generator_s) * 1000.0 / done
     if len(ok) < 10:
         raise CapsimError("validate: the noop server completed too few requests to measure its overhead")
-    pre = _mean(ok, P.H_PREPROCESS)   # decode and the little wait for the decode thread at this light load
+    pre = _mean(ok, P.H_PREPROCESS)   # decode, the wait for a decode thread and the hand-offs to it and back
+    decode = _mean(ok, P.H_DECODE)
     compute = _mean(ok, P.H_COMPUTE)
     lat = _mean(ok, "latency_ms")
-    # The decode is the pre-processing stage's service time (the simulated pool adds the waiting);
-    # everything that is neither decode nor compute is per-request overhead.
-    return {"preprocess_ms": _mean(ok, P.H_DECODE), "overhead_ms": lat - pre - compute, "latency_ms": lat,
+    # The decode is the pre-processing stage's service time, and the simulated pool adds the wait
+    # for a worker (at this light load, M/D/1 per worker); everything else is per-request overhead,
+    # the hand-offs to the decode thread and back included.
+    per_worker = rate / max(1, preprocess_workers) * decode / 1000.0
+    pool_wait = per_worker * decode / (2.0 * (1.0 - per_worker)) if per_worker < 1 else 0.0
+    return {"preprocess_ms": decode, "overhead_ms": lat - decode - pool_wait - compute, "latency_ms": lat,
+            "handoff_ms": pre - decode - pool_wait,
             "server_total_ms": _mean(ok, P.H_SERVER_TOTAL), "queue_wait_ms": _mean(ok, P.H_QUEUE_WAIT),
             "gap_ms": lat - _mean(ok, P.H_SERVER_TOTAL), "requests": len(ok), "host_cpu_ms": host_cpu_ms}
 
@@ -341,6 +346,8 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
                               ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
         if host.get("sharing"):
             svc["cpu_sharing"] = dict(host["sharing"])
+        if host.get("after_idle"):
+            svc["after_idle"] = dict(host["after_idle"])
         # the decode as it runs in the server beside the model; moment to moment: its time alone (noop run)
         pre_ms = overhead["preprocess_ms"] if overlap else host["decode_ms"]
     data = {"name": f"validate-B{b}-D{d:g}",
@@ -390,10 +397,13 @@ def share_cores(host: dict, overhead: dict, threads: int | None, instances: int,
 
 
 def measure_corun(model: str, backend: str, threads: int | None, shape, payload: str, decoders: int, sizes,
-                  say, seconds: float = 3.0) -> dict:
-    """The co-run speeds (:mod:`capsim.validate.corun`) of this model and the server's decode, measured
-    here (no server running) with the model loaded as the server loads it."""
-    from capsim.validate import corun
+                  say, seconds: float = 3.0, corun: bool = True,
+                  after_idle: bool = False) -> tuple[dict | None, dict | None]:
+    """Measured here (no server running), with the model loaded as the server loads it: the co-run
+    speeds (:mod:`capsim.validate.corun`) of this model and the server's decode, and with
+    ``after_idle`` how much longer a batch takes after an idle spell (:mod:`capsim.validate.idle`)."""
+    from capsim.validate import corun as corun_mod
+    from capsim.validate import idle
     from capsim.validate.load import make_payload
     from capsim.validate.server import load_model
 
@@ -401,13 +411,40 @@ def measure_corun(model: str, backend: str, threads: int | None, shape, payload:
     host = load_model(None if is_file else model, model if is_file else None, backend, "cpu", "fp32", 1, threads,
                       input_shape=shape)
     body, headers = make_payload(payload, tuple(shape))
+    speeds = idle_fit = None
     try:
-        out = corun.measure(host, body, headers["Content-Type"], sizes, seconds=seconds, decoders=decoders, say=say)
+        if corun:
+            speeds = corun_mod.measure(host, body, headers["Content-Type"], sizes, seconds=seconds,
+                                       decoders=decoders, say=say)
+        if after_idle:
+            idle_fit = idle.measure(host, say=say)
     finally:
         host.close()
-    say("co-run: a batch beside the decode runs at " + ", ".join(
-        f"b{b} x{v:.2f}" for b, v in out["model_speed"].items()) + f", the decode at x{out['preprocess_speed']:.2f}")
-    return out
+    if speeds:
+        say("co-run: a batch beside the decode runs at " + ", ".join(
+            f"b{b} x{v:.2f}" for b, v in speeds["model_speed"].items())
+            + f", the decode at x{speeds['preprocess_speed']:.2f}")
+    if idle_fit:
+        measured = ", ".join(f"{g:g} ms: {e:+.2f}" for g, e in zip(idle_fit["gaps_ms"], idle_fit["measured_extra_ms"]))
+        say(f"after idle: a batch of 1 takes +{idle_fit['extra_ms']:.2f} ms x (1 - exp(-idle / "
+            f"{idle_fit['tau_ms']:g} ms)) (measured {measured})" if idle_fit["extra_ms"] > 0 else
+            f"after idle: no extra time beyond the timing noise (±{2 * idle_fit['se_ms']:.2f} ms; measured "
+            f"{measured}): not modelled")
+    return speeds, idle_fit
+
+
+def account_idle(host: dict, idle_fit: dict | None) -> None:
+    """Add ``after_idle`` to ``host`` (``service.after_idle`` of the scenario) and take out of the
+    batch-1 ratio the mean extra its calibration run paid (B=1, Poisson at ``host['rate_rps']``),
+    as :func:`share_cores` takes out the CPU sharing, so that the simulation does not count it twice."""
+    from capsim.validate import idle
+
+    if not idle_fit or idle_fit["extra_ms"] <= 0:
+        return
+    host["after_idle"] = {"extra_ms": idle_fit["extra_ms"], "tau_ms": idle_fit["tau_ms"]}
+    paid = idle.mean_extra(idle_fit["extra_ms"], idle_fit["tau_ms"], host["rate_rps"], host["compute_b1_ms"])
+    host["idle_slowdown"] = 1.0 + paid / host["compute_b1_ms"]
+    host["compute_ratio_alone"] = host.get("compute_ratio_alone", host["compute_ratio"]) / host["idle_slowdown"]
 
 
 def capacity(sc) -> float:
@@ -433,6 +470,14 @@ def _sharing_text(host: dict) -> str:
     return text
 
 
+def _idle_text(host: dict) -> str:
+    a = host.get("after_idle")
+    if not a:
+        return ""
+    return (f"; after idle: +{a['extra_ms']:.2f} ms x (1 - exp(-idle / {a['tau_ms']:g} ms)) per batch "
+            f"(x{host['idle_slowdown']:.3f} on average in the batch-1 run, taken out of its ratio)")
+
+
 def profile_threads(prof) -> int | None:
     """The runtime threads the profile was measured with (the server runs the model the same way)."""
     t = (prof.data.get("hardware") or {}).get("threads_used")
@@ -449,7 +494,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
              payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
              host_calibration: bool = True, threads: int | None = None, progress=None,
              cpu_sharing: bool = True, repeat: int = 1, overlap: bool = True, windows: bool = True,
-             corun_seconds: float = 3.0, closing_calibration: bool = True) -> Validation:
+             corun_seconds: float = 3.0, closing_calibration: bool = True, after_idle: bool = True) -> Validation:
     """Predicted vs measured for every config and load; with ``repeat`` > 1 each cell is measured
     that many times (seeds differ) and compared by the median, with the runs' spread as its noise."""
     from capsim.profile import load_profile
@@ -467,10 +512,12 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
     threads = threads or profile_threads(prof)
     server_args = _model_args(model, backend, preprocess_workers, threads, instances)
     largest_b = max(b for b, _ in configs)
-    corun = None
-    if host_calibration and cpu_sharing and overlap and payload == "jpeg":
-        corun = measure_corun(model, backend, threads, shape, payload, preprocess_workers,
-                              sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say, corun_seconds)
+    corun = idle_fit = None
+    want_corun = host_calibration and cpu_sharing and overlap and payload == "jpeg"
+    if want_corun or (host_calibration and after_idle):
+        corun, idle_fit = measure_corun(model, backend, threads, shape, payload, preprocess_workers,
+                                        sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say,
+                                        corun_seconds, corun=want_corun, after_idle=after_idle)
 
     def calibrate(label: str) -> tuple[dict, dict | None]:
         """The server's overhead and, with host calibration, how the model runs inside it."""
@@ -486,9 +533,10 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                          largest_batch=largest_b)
         if cpu_sharing:
             share_cores(h, ov, threads, instances, corun=corun)
+        account_idle(h, idle_fit)
         say(f"{label}: inside the server: compute x{h['compute_ratio']:.2f} the profile at batch 1"
             + (f", x{h['compute_ratio_bmax']:.2f} at batch {h['bmax']}" if "bmax" in h else "")
-            + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h))
+            + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h) + _idle_text(h))
         return ov, h
 
     overhead, host = calibrate("opening calibration")
@@ -526,6 +574,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         overhead, host = bracket(overhead, closing_ov), bracket_host(host, closing_host)
         if host is not None and cpu_sharing:
             share_cores(host, overhead, threads, instances, corun=corun)
+        if host is not None:
+            account_idle(host, idle_fit)
         say("the prediction uses the mean of the opening and closing calibrations"
             + (f": compute x{host['compute_ratio']:.2f} at batch 1" if host else ""))
     cells = []
@@ -573,12 +623,13 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                        "preprocess_workers": preprocess_workers, "seed": seed, "warmup_fraction": WARMUP_FRACTION,
                        "repeat": repeat, "windows": windows, "window_draws": WINDOW_DRAWS if windows else None,
                        "overlap": bool(host and (host.get("sharing") or {}).get("overlap")),
+                       "after_idle": bool(host and host.get("after_idle")),
                        "closing_calibration": closing_calibration})
 
 
 # What a bracketed calibration averages: times arithmetically, ratios geometrically.
-_MEAN_KEYS = ("preprocess_ms", "overhead_ms", "latency_ms", "server_total_ms", "queue_wait_ms", "gap_ms",
-              "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps")
+_MEAN_KEYS = ("preprocess_ms", "overhead_ms", "handoff_ms", "latency_ms", "server_total_ms", "queue_wait_ms",
+              "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps")
 _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax")
 
 
@@ -603,7 +654,7 @@ def bracket_host(a: dict | None, b: dict | None) -> dict | None:
     if m is None:
         return None
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
-                                                    "compute_ratio_alone")}
+                                                    "compute_ratio_alone", "after_idle", "idle_slowdown")}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
@@ -906,7 +957,8 @@ def table(v: Validation) -> str:
               + (f"; x{v.overhead['host']['compute_ratio_bmax']:.2f} at b{v.overhead['host']['bmax']}: "
                  f"{v.overhead['host']['compute_bmax_ms']:.1f} vs {v.overhead['host']['profile_bmax_ms']:.1f} ms"
                  if "bmax" in v.overhead["host"] else "") + "), decode "
-              f"{v.overhead['host']['decode_ms']:.2f} ms{_sharing_text(v.overhead['host'])}: the prediction uses these"
+              f"{v.overhead['host']['decode_ms']:.2f} ms{_sharing_text(v.overhead['host'])}"
+              f"{_idle_text(v.overhead['host'])}: the prediction uses these"
               if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
              *([_drift_text(v.overhead["opening"], v.overhead["closing"])] if v.overhead.get("closing") else []),
@@ -1021,7 +1073,7 @@ def cmd_validate(args) -> int:
                      args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
                      threads=args.threads, progress=say, cpu_sharing=not args.no_cpu_sharing, repeat=args.repeat,
                      overlap=not args.no_overlap, windows=not args.steady_state,
-                     closing_calibration=not args.no_closing_calibration)
+                     closing_calibration=not args.no_closing_calibration, after_idle=not args.no_after_idle)
     print(table(v))
     if args.out:
         write_report(v, args.out)
