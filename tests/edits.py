@@ -1,8 +1,13 @@
-"""Test helper: a scenario dict with some dotted-path fields changed (None removes a field)."""
+"""Test helpers: a scenario dict with some dotted-path fields changed (None removes a field), and
+hand-made arrival streams for hand-computed timelines."""
 
 from __future__ import annotations
 
 import copy
+
+import numpy as np
+
+from capsim.arrivals import ArrivalStream
 
 
 def edited(base: dict, **edits) -> dict:
@@ -18,3 +23,9 @@ def edited(base: dict, **edits) -> dict:
         else:
             node[last] = value
     return data
+
+
+def stream(times_s) -> ArrivalStream:
+    """One source's arrivals at ``times_s`` (seconds), frames numbered from 0."""
+    n = len(times_s)
+    return ArrivalStream(np.asarray(times_s, float), np.zeros(n, np.int32), np.arange(n), 1)

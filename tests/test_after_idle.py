@@ -10,12 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from capsim.arrivals import ArrivalStream
 from capsim.config import parse_scenario
 from capsim.errors import CapsimError, ScenarioError
 from capsim.simulate import make_engine, simulate
 
-from edits import edited  # tests/edits.py
+from edits import edited, stream  # tests/edits.py
 
 BASE = {
     "name": "after-idle",
@@ -28,11 +27,6 @@ BASE = {
 
 def scenario(**edits):
     return parse_scenario(edited(BASE, **edits))
-
-
-def stream(times_s) -> ArrivalStream:
-    n = len(times_s)
-    return ArrivalStream(np.asarray(times_s, float), np.zeros(n, np.int32), np.arange(n), 1)
 
 
 def test_a_timeline_by_hand():

@@ -36,7 +36,7 @@ def fit(gaps_ms, extra_ms) -> tuple[float, float]:
     return (round(a, 4), round(tau, 2)) if a > 0 else (0.0, 50.0)
 
 
-def _wait(ms: float) -> None:
+def wait_ms(ms: float) -> None:
     """Sleep ``ms``, busy-waiting the last 2 ms so that the gap is what it says."""
     end = time.perf_counter() + ms / 1000.0
     while time.perf_counter() < end - 0.002:
@@ -61,7 +61,7 @@ def measure(host, gaps_ms=GAPS_MS, rounds: int = 4, per_gap: int = 3, say=None) 
     for _ in range(rounds):
         for g in gaps_ms:
             for _ in range(per_gap):
-                _wait(g)
+                wait_ms(g)
                 times[g].append(host.run(0, x)[1])
     base = float(np.mean(times[gaps_ms[0]]))
     extra = [float(np.mean(times[g])) - base for g in gaps_ms]

@@ -4,10 +4,9 @@ FP32 with the server's own runner (2 threads), timed back to back and after idle
 
     python3 calibration/validate/vm-2core-2026-11-26f/idle_gaps.py > idle_gaps.txt
 """
-import time
-
 import numpy as np
 
+from capsim.validate.idle import wait_ms as wait
 from capsim.validate.server import load_model
 
 host = load_model("resnet18", None, "onnxruntime", "cpu", "fp32", 1, threads=2)
@@ -21,19 +20,11 @@ GAPS = {1: (0, 30, 80, 150), 4: (0, 80, 150)}
 times = {(b, g): [] for b, gaps in GAPS.items() for g in gaps}
 
 
-def wait(ms: float) -> None:
-    end = time.perf_counter() + ms / 1000
-    while time.perf_counter() < end - 0.002:
-        time.sleep(0.001)
-    while time.perf_counter() < end:
-        pass
-
-
 for _ in range(6):
     for b, gaps in GAPS.items():
         for g in gaps:
             for _ in range(4):
-                wait(g)
+                wait(g)  # capsim.validate.idle.wait_ms
                 times[b, g].append(runner.time_call(xs[b]))
 for b, gaps in GAPS.items():
     base = np.mean(times[b, 0])
