@@ -34,7 +34,7 @@ def tiny_profile(tmp_path_factory):
 
 def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     v = validate("tiny_cnn", "onnxruntime", tiny_profile, [(1, 0.0), (8, 20.0)], [0.2, 0.4], duration=3.0,
-                 overhead_duration=3.0, corun_seconds=0.6)
+                 overhead_duration=3.0, corun_seconds=0.6, overlap_fit=True)
     assert len(v.cells) == 4
     assert v.overhead["preprocess_ms"] > 0 and math.isfinite(v.overhead["overhead_ms"])
     host = v.overhead["host"]  # the in-server calibration measured batch 1 and full batches of 8
@@ -50,6 +50,11 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     overlap = host["sharing"]["overlap"]
     assert set(overlap["model_speed"]) == {1, 8} and v.settings["overlap"]
     assert all(0 < x <= 1 for x in [*overlap["model_speed"].values(), overlap["preprocess_speed"]])
+    # batch 1 was timed at a light rate too, and the share of the co-run's slowdown fitted from the two
+    assert 0 < host["rate_light_rps"] < host["rate_rps"] and host["compute_ratio_light"] > 0
+    assert 0.0 <= host["overlap_strength"] <= 1.0 and v.settings["overlap_strength"] == host["overlap_strength"]
+    assert all(x >= host["corun"]["model_speed"][b] - 1e-4 for b, x in overlap["model_speed"].items())
+    assert "of that slowdown (batch 1 at" in table(v)
     assert v.settings["windows"]
     # calibrated before and after the cells; the prediction uses the mean of the two
     opening, closing = v.overhead["opening"]["host"], v.overhead["closing"]["host"]
@@ -73,6 +78,15 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
         assert given["speed"] == pytest.approx(run["drift"])
         assert 0 < given["p50"] <= given["p95"] <= given["p99"] and math.isfinite(c.errors_pct["p95_given_speed"])
     assert "at each run's own model speed" in table(v)
+    # the rest of each request's latency (HTTP, event loop, client) is a stage of its own, and the
+    # tail of each stage is compared too
+    for c in v.cells:
+        p, m, _ = c.stages["other"]
+        assert p == pytest.approx(max(v.overhead["overhead_ms"], 0.0), abs=1e-3) and 0 < m < c.measured["p99"]
+        assert set(c.stages_p95) == {"preprocess", "queue_wait", "compute", "other"}
+        for k, (pp, mm, e) in c.stages_p95.items():
+            assert pp >= 0 and mm >= c.stages[k][1] * 0.5 and math.isfinite(e), (k, c.stages_p95)
+    assert "per-stage p95" in table(v)
     b1 = [c for c in v.cells if c.max_batch_size == 1]
     assert all(c.measured["mean_batch_size"] == 1.0 for c in b1)  # B=1 never batches, in either world
     b8 = [c for c in v.cells if c.max_batch_size == 8]

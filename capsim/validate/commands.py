@@ -281,6 +281,9 @@ def add_validate_parser(sub) -> None:
     v.add_argument("--no-after-idle", action="store_true",
                    help="predict without the extra time a batch takes after its instance sat idle (by "
                         "default it is measured with the model alone and becomes service.after_idle)")
+    v.add_argument("--overlap-fit", action="store_true",
+                   help="time batch 1 in the server at a light rate too, and fit the share of the co-run's "
+                        "slowdown a batch pays there (by default the co-run's speeds are used as measured)")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

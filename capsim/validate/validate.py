@@ -29,7 +29,9 @@ import numpy as np
 
 from capsim.config import parse_scenario
 from capsim.errors import CapsimError
+from capsim.host_cpu import log_interp
 from capsim.validate import drift
+from capsim.validate import server_fit
 from capsim.validate import protocol as P
 
 WARMUP_FRACTION = 0.1     # the first 10 % of each run's requests are not measured (as the simulator's warm-up)
@@ -40,6 +42,9 @@ GIVEN_SPEED_KEYS = ("p50_given_speed", "p95_given_speed", "p99_given_speed")
 # The in-server calibration runs at half the naive capacity: on a 2-core host the model slows as
 # decoding and HTTP work grow with the load, and the cells span 0.3-0.85 of capacity.
 HOST_LOAD = 0.5
+# With --overlap-fit, batch 1 is also measured at a light rate (about the cells' lowest load), in
+# turns with HOST_LOAD, to fit how strongly the overlap shows in the server (server_fit).
+LIGHT_LOAD = 0.2
 
 
 def parse_configs(text: str) -> list[tuple[int, float]]:
@@ -156,11 +161,13 @@ class Cell:
     errors_pct: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)   # stage -> (predicted ms, measured ms, error %)
     noise_pct: dict = field(default_factory=dict)  # percentile -> half the range of repeated runs, % (None: one run)
+    stages_p95: dict = field(default_factory=dict)  # stage -> (predicted p95 ms, measured p95 ms, error %)
 
     def to_dict(self) -> dict:
         return {"max_batch_size": self.max_batch_size, "max_queue_delay_ms": self.max_queue_delay_ms,
                 "load": self.load, "rate_rps": self.rate_rps, "predicted": self.predicted, "measured": self.measured,
-                "errors_pct": self.errors_pct, "stages": self.stages, "noise_pct": self.noise_pct}
+                "errors_pct": self.errors_pct, "stages": self.stages, "noise_pct": self.noise_pct,
+                "stages_p95": self.stages_p95}
 
 
 def _err(pred, meas) -> float | None:
@@ -254,7 +261,7 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
 
 
 def measure_host(server_args: list[str], prof, shape, payload: str, rate: float, duration: float, seed: int,
-                 say, largest_batch: int | None = None) -> dict:
+                 say, largest_batch: int | None = None, light_rate: float | None = None) -> dict:
     """How fast the model and the decoder run inside the server on this host, under load.
 
     The profile times the model alone on an idle machine; in the server the decode threads, the
@@ -263,31 +270,55 @@ def measure_host(server_args: list[str], prof, shape, payload: str, rate: float,
     there; a second run with full batches of the largest size the cells use (``largest_batch``)
     measures how that batch runs. The two ratios to the profile scale its curve (interpolated in
     log batch size, :func:`host_ratio`), and the decode time becomes the pre-processing stage.
-    Measured once, before and apart from the cells it predicts.
+    With ``light_rate`` batch 1 is measured at that rate too, in turns with ``rate``
+    (:mod:`capsim.validate.server_fit`). Measured apart from the cells it predicts.
     """
-    out = _measure_batch_one(server_args, prof, shape, payload, rate, duration, seed + 7, say)
+    out = _measure_batch_one(server_args, prof, shape, payload, rate, duration, seed + 7, say, light_rate)
     measured = [k for k in prof.curve_ms() if k <= (largest_batch or 1)]
     if max(measured) > 1:  # the largest batch the cells use that the profile measured
         out.update(_measure_full_batches(server_args, prof, shape, payload, max(measured), duration, seed, say))
     return out
 
 
-def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration: float, seed: int, say) -> dict:
-    """Batch 1 (B=1, D=0) inside the server at a Poisson ``rate``: compute and decode times."""
-    say(f"measuring the model and the decoder inside the server (B=1, D=0, {rate:.1f} rps for {duration:g} s)")
+def service_mean(times) -> float:
+    """The batch time the simulation should draw around, from times measured in the server: their
+    mean, since the simulator's batch time is a mean (its variability has mean 1), and in the
+    server the times skew right, so a median would make every prediction too fast. The slowest 1 %
+    are left out, so that one stall does not scale every batch."""
+    return float(np.mean(server_fit.trimmed(times)))
+
+
+def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration: float, seed: int, say,
+                       light_rate: float | None = None) -> dict:
+    """Batch 1 (B=1, D=0) inside the server at a Poisson ``rate``: compute and decode times; with
+    ``light_rate`` also the compute time there, the two rates in turns (two halves each) so that a
+    machine whose speed drifts moves both alike."""
+    rates = [rate] if light_rate is None else [light_rate, rate]
+    turns = 1 if light_rate is None else 2
+    say(f"measuring the model and the decoder inside the server (B=1, D=0, "
+        + " and ".join(f"{r:.1f}" for r in rates) + f" rps for {duration:g} s"
+        + (" each, in turns)" if turns > 1 else ")"))
+    ok: dict[float, list[dict]] = {r: [] for r in rates}
     with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
         _warm_up(srv.url, rate, seed, payload, shape)  # as before every cell: the first runs of a session are slow
-        res = _load(srv.url, rate, duration, seed, payload, shape)
-    ok = _measured(res.rows)
-    if len(ok) < 10:
+        for turn in range(turns):
+            for r in rates:
+                ok[r] += _measured(_load(srv.url, r, duration / turns, seed + turn, payload, shape).rows)
+    if min(len(v) for v in ok.values()) < 10:
         raise CapsimError("validate: the model server completed too few requests in its calibration run")
-    # The profile's curve is medians: compare like with like (one slow call must not scale every batch).
-    times = np.array([r[P.H_COMPUTE] for r in ok])
-    compute = float(np.median(times))
-    return {"compute_b1_ms": compute, "profile_b1_ms": prof.curve_ms()[1], "compute_ratio": compute / prof.curve_ms()[1],
-            # the spread of compute times in the server (other threads interrupt it), for the variability
-            "compute_cv": float(np.std(times) / np.mean(times)),
-            "decode_ms": _mean(ok, P.H_DECODE), "requests": len(ok), "rate_rps": rate}
+    times = np.array([row[P.H_COMPUTE] for row in ok[rate]])
+    compute, b1 = service_mean(times), prof.curve_ms()[1]
+    out = {"compute_b1_ms": compute, "profile_b1_ms": b1, "compute_ratio": compute / b1,
+           "compute_b1_median_ms": float(np.median(times)),
+           # the spread of compute times in the server (other threads interrupt it), for the variability
+           "compute_cv": server_fit.cv(times),
+           "decode_ms": _mean(ok[rate], P.H_DECODE), "requests": len(ok[rate]), "rate_rps": rate,
+           # the rest of the latency in the loaded server, beside the noop run's overhead (a diagnostic)
+           "other_ms": float(np.mean(measured_stage_times(ok[rate])["other"]))}
+    if light_rate is not None:
+        light = service_mean([row[P.H_COMPUTE] for row in ok[light_rate]])
+        out.update(compute_b1_light_ms=light, compute_ratio_light=light / b1, rate_light_rps=light_rate)
+    return out
 
 
 def _measure_full_batches(server_args, prof, shape, payload, b: int, duration: float, seed: int, say) -> dict:
@@ -306,7 +337,7 @@ def _measure_full_batches(server_args, prof, shape, payload, b: int, duration: f
     full = [r[P.H_COMPUTE] for r in _measured(res.rows) if r[P.H_BATCH_SIZE] == b]
     if len(full) < 3 * b:
         return {}
-    compute = float(np.median(full))
+    compute = service_mean(full)
     return {"compute_bmax_ms": compute, "bmax": b, "profile_bmax_ms": prof.curve_ms()[b],
             "compute_ratio_bmax": compute / prof.curve_ms()[b]}
 
@@ -316,7 +347,6 @@ def host_ratio(host: dict, b: int) -> float:
     ratios at batch 1 and at the largest batch, interpolated in log(batch size) between them.
     With CPU sharing the batch-1 ratio is the one with the host's own work taken out
     (:func:`share_cores`): the scenario's ``cpu_sharing`` puts it back at each cell's rate."""
-    from capsim.host_cpu import log_interp
 
     ratios = {1: host.get("compute_ratio_alone", host["compute_ratio"])}
     if "compute_ratio_bmax" in host:
@@ -339,7 +369,7 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
         overlap = (host.get("sharing") or {}).get("overlap")
         # measured in the server: the isolated profile's spread is far narrower. With the cores shared
         # moment to moment the engine makes that spread itself: only the model's own spread (co-run) stays.
-        cv = host["corun"]["alone_cv"] if overlap else host["compute_cv"]
+        cv = host.get("own_cv", host["corun"]["alone_cv"]) if overlap else host["compute_cv"]
         svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k) * speed, 4) for k, v in prof.curve_ms().items()},
                "variability": {"distribution": "gamma", "cv": max(cv, 0.01)},
                "contention": {int(k): float(v["factor"]) for k, v in
@@ -360,6 +390,20 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
             "instances": instances,
             "run": {"requests": 20000, "warmup_requests": 2000, "replications": 3, "seed": seed}}
     return parse_scenario(data)
+
+
+def b1_service_times(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
+                     seed: int, requests: int = 8000) -> np.ndarray:
+    """The batch times (ms) the simulation gives a B=1 server at the batch-1 calibration's rate."""
+    from dataclasses import replace
+
+    from capsim.simulate import simulate
+
+    sc = scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, host["rate_rps"], seed, host)
+    sc.run = replace(sc.run, requests=requests, warmup_requests=requests // 10, replications=1)
+    t = simulate(sc).traces[0]
+    keep = t.completed & ~t.warmup
+    return (t.end - t.start)[keep] * 1000.0
 
 
 def share_cores(host: dict, overhead: dict, threads: int | None, instances: int, cores: int | None = None,
@@ -465,8 +509,16 @@ def _sharing_text(host: dict) -> str:
     if s.get("overlap"):
         o = s["overlap"]
         text += ("; co-run: a batch beside the decode runs at " + ", ".join(
-            f"b{b} x{v:.2f}" for b, v in sorted(o["model_speed"].items()))
+            f"b{b} x{v:.2f}" for b, v in sorted((host.get("corun") or o)["model_speed"].items(), key=lambda i: int(i[0])))
             + f" of its speed, the decode at x{o['preprocess_speed']:.2f}")
+        if host.get("overlap_strength") is not None:
+            text += (f"; in the server a batch pays {host['overlap_strength']:.2f} of that slowdown (batch 1 at "
+                     f"{host['rate_light_rps']:.1f} rps x{host['compute_ratio_light']:.2f} the profile, at "
+                     f"{host['rate_rps']:.1f} rps x{host['compute_ratio']:.2f}): at b1 x"
+                     f"{log_interp({int(b): v for b, v in o['model_speed'].items()}, 1):.2f} beside the decode")
+        if host.get("own_cv") is not None:
+            text += (f"; the model's own spread there cv {host['own_cv']:.2f} (alone {host['corun']['alone_cv']:.2f}), "
+                     f"so that batch 1 spreads as measured (cv {host['compute_cv']:.2f})")
     return text
 
 
@@ -494,7 +546,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
              payload: str = "jpeg", preprocess_workers: int = 1, seed: int = 1, overhead_duration: float = 6.0,
              host_calibration: bool = True, threads: int | None = None, progress=None,
              cpu_sharing: bool = True, repeat: int = 1, overlap: bool = True, windows: bool = True,
-             corun_seconds: float = 3.0, closing_calibration: bool = True, after_idle: bool = True) -> Validation:
+             corun_seconds: float = 3.0, closing_calibration: bool = True, after_idle: bool = True,
+             overlap_fit: bool = False) -> Validation:
     """Predicted vs measured for every config and load; with ``repeat`` > 1 each cell is measured
     that many times (seeds differ) and compared by the median, with the runs' spread as its noise."""
     from capsim.profile import load_profile
@@ -519,6 +572,15 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                                         sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say,
                                         corun_seconds, corun=want_corun, after_idle=after_idle)
 
+    def derive(h: dict, ov: dict) -> None:
+        """What the simulation takes from an in-server calibration: the CPU sharing, the after-idle
+        extra, and the overlap strength, each taken out of the batch-1 ratio."""
+        if cpu_sharing:
+            share_cores(h, ov, threads, instances, corun=corun)
+        account_idle(h, idle_fit)
+        server_fit.fit(h, ov)
+        server_fit.fit_spread(h, lambda hh: b1_service_times(profile, ov, hh, instances, preprocess_workers, seed))
+
     def calibrate(label: str) -> tuple[dict, dict | None]:
         """The server's overhead and, with host calibration, how the model runs inside it."""
         ov = measure_overhead(shape, payload, preprocess_workers, overhead_duration,
@@ -530,10 +592,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             return ov, None
         naive = capacity(scenario_for(profile, ov, 1, 0.0, instances, preprocess_workers, 1.0, seed))
         h = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
-                         largest_batch=largest_b)
-        if cpu_sharing:
-            share_cores(h, ov, threads, instances, corun=corun)
-        account_idle(h, idle_fit)
+                         largest_batch=largest_b, light_rate=LIGHT_LOAD * naive if corun and overlap_fit else None)
+        derive(h, ov)
         say(f"{label}: inside the server: compute x{h['compute_ratio']:.2f} the profile at batch 1"
             + (f", x{h['compute_ratio_bmax']:.2f} at batch {h['bmax']}" if "bmax" in h else "")
             + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h) + _idle_text(h))
@@ -572,10 +632,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         closing_ov, closing_host = calibrate("closing calibration")
         closing = {**closing_ov, "host": closing_host}
         overhead, host = bracket(overhead, closing_ov), bracket_host(host, closing_host)
-        if host is not None and cpu_sharing:
-            share_cores(host, overhead, threads, instances, corun=corun)
         if host is not None:
-            account_idle(host, idle_fit)
+            derive(host, overhead)
         say("the prediction uses the mean of the opening and closing calibrations"
             + (f": compute x{host['compute_ratio']:.2f} at batch 1" if host else ""))
     cells = []
@@ -583,7 +641,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
         for load in loads:
             rate = load * caps[b, d]
-            measured, stage_means, noise = _combine(measured_runs[b, d][load])
+            measured, stage_means, noise, stage_p95s = _combine(measured_runs[b, d][load])
             sc = with_rate(base, rate)
             sim = simulate(sc)
             r = sim.to_dict()
@@ -604,7 +662,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             stages = {"preprocess": (bd["preprocess"], stage_means["preprocess"]),
                       "decode": (decode_ms(sim, base), stage_means["decode"]),
                       "queue_wait": (bd["queue_wait"] + bd["batch_formation"], stage_means["queue_wait"]),
-                      "compute": (bd["service"], stage_means["compute"])}
+                      "compute": (bd["service"], stage_means["compute"]),
+                      "other": (bd["postprocess"] + bd["overhead"], stage_means["other"])}
             cell = Cell(b, d, load, rate, predicted, measured)
             cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
                                ("p50", "p95", "p99", "throughput", "mean_batch_size")}
@@ -612,6 +671,9 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                 cell.errors_pct.update({f"{k}_given_speed": _err(given.get(k), measured[k])
                                         for k in ("p50", "p95", "p99")})
             cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in stages.items()}
+            if sim.stable:
+                sim_p95 = stage_p95(stage_times(sim))
+                cell.stages_p95 = {k: (sim_p95[k], stage_p95s[k], _err(sim_p95[k], stage_p95s[k])) for k in sim_p95}
             cell.noise_pct = noise
             cells.append(cell)
     over = {**overhead, "host": host}
@@ -624,13 +686,15 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                        "repeat": repeat, "windows": windows, "window_draws": WINDOW_DRAWS if windows else None,
                        "overlap": bool(host and (host.get("sharing") or {}).get("overlap")),
                        "after_idle": bool(host and host.get("after_idle")),
-                       "closing_calibration": closing_calibration})
+                       "closing_calibration": closing_calibration,
+                       "overlap_strength": host.get("overlap_strength") if host else None})
 
 
 # What a bracketed calibration averages: times arithmetically, ratios geometrically.
 _MEAN_KEYS = ("preprocess_ms", "overhead_ms", "handoff_ms", "latency_ms", "server_total_ms", "queue_wait_ms",
-              "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps")
-_RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax")
+              "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps",
+              "compute_b1_light_ms", "rate_light_rps", "compute_b1_median_ms", "other_ms")
+_RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
 
 def bracket(a: dict | None, b: dict | None) -> dict | None:
@@ -654,7 +718,8 @@ def bracket_host(a: dict | None, b: dict | None) -> dict | None:
     if m is None:
         return None
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
-                                                    "compute_ratio_alone", "after_idle", "idle_slowdown")}
+                                                    "compute_ratio_alone", "after_idle", "idle_slowdown",
+                                                    "overlap_strength", "own_cv")}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
@@ -691,24 +756,54 @@ def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None 
 
 STAGE_HEADERS = {"preprocess": P.H_PREPROCESS, "decode": P.H_DECODE, "queue_wait": P.H_QUEUE_WAIT,
                  "compute": P.H_COMPUTE}
+TAIL_STAGES = ("preprocess", "queue_wait", "compute", "other")
+
+
+def measured_stage_times(ok: list[dict]) -> dict[str, np.ndarray]:
+    """Each request's time in each stage (ms) from the timing headers; ``other`` is the rest of its
+    latency: HTTP both ways, the event loop, post-processing, the load generator."""
+    ok = [r for r in ok if all(r.get(h) is not None for h in STAGE_HEADERS.values())]
+    out = {k: np.array([r[h] for r in ok], dtype=float) for k, h in STAGE_HEADERS.items()}
+    out["other"] = (np.array([r["latency_ms"] for r in ok], dtype=float)
+                    - out["preprocess"] - out["queue_wait"] - out["compute"])
+    return out
+
+
+def stage_times(sim) -> dict[str, np.ndarray]:
+    """The same stages (ms) for the simulation's measured requests, all replications."""
+    parts = {k: [] for k in TAIL_STAGES}
+    for tr in sim.traces:
+        m = tr.completed & ~tr.warmup
+        parts["preprocess"].append((tr.entry - tr.arrival)[m] * 1000.0)
+        parts["queue_wait"].append((tr.start - tr.entry)[m] * 1000.0)
+        parts["compute"].append((tr.end - tr.start)[m] * 1000.0)
+        parts["other"].append((tr.done - tr.end)[m] * 1000.0 + tr.overhead_ms)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def stage_p95(times: dict[str, np.ndarray]) -> dict[str, float]:
+    """The 95th percentile of each tail stage (None where nothing was measured)."""
+    return {k: float(np.percentile(times[k], 95)) if len(times[k]) else None for k in TAIL_STAGES}
 
 
 def _measure_run(res) -> dict:
     """One load run's figures: latency percentiles, throughput, batch size, stage means."""
     ok = _measured(res.rows)
+    st = measured_stage_times(ok)
     lat = np.array([r["latency_ms"] for r in ok]) if ok else np.array([np.nan])
     window = (max(r["received_s"] for r in ok) - min(r["scheduled_s"] for r in ok)) if len(ok) > 1 else 0
     return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
             "p99": float(np.percentile(lat, 99)), "throughput": len(ok) / window if window else None,
             "mean_batch_size": _mean(ok, P.H_BATCH_SIZE), "completed": len(ok),
             "dropped": sum(1 for r in res.rows if r["outcome"] != "ok"),
-            "stages": {k: _mean(ok, h) for k, h in STAGE_HEADERS.items()},
-            "ok_rows": ok}
+            "stages": {k: float(np.mean(v)) if len(v) else None for k, v in st.items()},
+            "stages_p95": stage_p95(st), "ok_rows": ok}
 
 
-def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
+def _combine(runs: list[dict]) -> tuple[dict, dict, dict, dict]:
     """Repeated runs of one cell -> (the median of each figure, the median stage means, the noise
-    of each percentile: half the range of the runs as a % of their median; None with one run)."""
+    of each percentile: half the range of the runs as a % of their median, None with one run;
+    the median stage p95s)."""
     def med(vals):
         vals = [v for v in vals if v is not None and math.isfinite(v)]
         return float(np.median(vals)) if vals else None
@@ -718,7 +813,8 @@ def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
     measured["completed"] = sum(r["completed"] for r in runs)
     measured["dropped"] = sum(r["dropped"] for r in runs)
     measured["runs"] = len(runs)
-    stages = {k: med([r["stages"][k] for r in runs]) for k in STAGE_HEADERS}
+    stages = {k: med([r["stages"][k] for r in runs]) for k in runs[0]["stages"]}
+    stages_p95 = {k: med([r["stages_p95"][k] for r in runs]) for k in TAIL_STAGES}
     noise = {}
     for k in ("p50", "p95", "p99"):
         vals = [r[k] for r in runs if math.isfinite(r[k])]
@@ -726,7 +822,7 @@ def _combine(runs: list[dict]) -> tuple[dict, dict, dict]:
                     if len(vals) > 1 and measured[k] else None)
     if len(runs) > 1:
         measured["spread"] = {k: [min(r[k] for r in runs), max(r[k] for r in runs)] for k in ("p50", "p95", "p99")}
-    return measured, stages, noise
+    return measured, stages, noise, stages_p95
 
 
 def _given_speed(sim, base, runs: list[dict], host: dict | None, rate: float, duration: float, seed: int,
@@ -992,6 +1088,13 @@ def table(v: Validation) -> str:
     for c in v.cells:
         parts = [f"{k} {f(pm[0], 5)}/{f(pm[1], 5)} ({f(pm[2], 5)}%)" for k, pm in c.stages.items()]
         lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: " + "; ".join(parts))
+    if any(c.stages_p95 for c in v.cells):
+        lines.append("per-stage p95 (ms, predicted long-run / measured, error %; other = HTTP, event loop, "
+                     "post-processing, client):")
+        for c in v.cells:
+            if c.stages_p95:
+                parts = [f"{k} {f(pm[0], 5)}/{f(pm[1], 5)} ({f(pm[2], 5)}%)" for k, pm in c.stages_p95.items()]
+                lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: " + "; ".join(parts))
     lines.extend(_given_speed_lines(v, f))
     lines.append("")
     for k in ("p50", "p95", "p99", "throughput"):
@@ -1073,7 +1176,8 @@ def cmd_validate(args) -> int:
                      args.payload, args.preprocess_workers, args.seed, host_calibration=not args.no_host_calibration,
                      threads=args.threads, progress=say, cpu_sharing=not args.no_cpu_sharing, repeat=args.repeat,
                      overlap=not args.no_overlap, windows=not args.steady_state,
-                     closing_calibration=not args.no_closing_calibration, after_idle=not args.no_after_idle)
+                     closing_calibration=not args.no_closing_calibration, after_idle=not args.no_after_idle,
+                     overlap_fit=args.overlap_fit)
     print(table(v))
     if args.out:
         write_report(v, args.out)

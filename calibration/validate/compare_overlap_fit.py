@@ -1,0 +1,68 @@
+"""Re-predict a recorded validation's cells with and without the overlap-strength fit, on the
+same measurements (the recorded calibrations and cells; nothing is run again).
+
+    python calibration/validate/compare_overlap_fit.py calibration/validate/vm-2core-2026-11-26i/validation.json
+
+The record must come from a run with ``--overlap-fit`` (batch 1 timed at two rates). Each variant
+derives the prediction from the same bracketed calibration, as ``capsim validate`` does: the
+co-run's speeds as measured (``s = 1``) or scaled by the fitted strength, each with the model's
+own spread fitted to the measured batch-1 spread. Prints the median |error| of p50 and p95 over
+loads <= 0.85 for each variant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from capsim.validate import server_fit
+from capsim.validate.validate import (TARGET_MAX_LOAD, _err, account_idle, b1_service_times, bracket_host,
+                                      scenario_for, share_cores, window_percentiles)
+
+
+def derive(record: dict, fit_strength: bool) -> dict:
+    """The host calibration the prediction would use, derived again from the record's raw keys."""
+    ov, st = record["overhead"], record["settings"]
+    raw = record["overhead"]["host"]
+    host = bracket_host(raw, None)
+    share_cores(host, ov, st.get("threads"), st["instances"], cores=raw["sharing"]["cores"], corun=raw["corun"])
+    account_idle(host, raw.get("after_idle"))
+    if fit_strength:
+        server_fit.fit(host, ov)
+    server_fit.fit_spread(host, lambda h: b1_service_times(record["profile"], ov, h, st["instances"],
+                                                           st["preprocess_workers"], st["seed"]))
+    return host
+
+
+def errors(record: dict, host: dict) -> dict[str, float]:
+    ov, st = record["overhead"], record["settings"]
+    errs = {"p50": [], "p95": []}
+    for c in record["cells"]:
+        if c["load"] > TARGET_MAX_LOAD:
+            continue
+        sc = scenario_for(record["profile"], ov, c["max_batch_size"], c["max_queue_delay_ms"], st["instances"],
+                          st["preprocess_workers"], c["rate_rps"], st["seed"], host)
+        pred = window_percentiles(sc, st["duration_s"], [st["seed"] + r for r in range(st["repeat"])])
+        for k in errs:
+            e = _err(pred.get(k), c["measured"][k])
+            if e is not None:
+                errs[k].append(abs(e))
+    return {k: float(np.median(v)) for k, v in errs.items()}
+
+
+def main(path: str) -> None:
+    record = json.load(open(path))
+    if "compute_ratio_light" not in record["overhead"]["host"]:
+        sys.exit(f"{path}: no light-rate calibration in this record (run capsim validate with --overlap-fit)")
+    for label, fit_strength in (("co-run as measured (s = 1)", False), ("fitted strength", True)):
+        host = derive(record, fit_strength)
+        e = errors(record, host)
+        s = host.get("overlap_strength", 1.0)
+        print(f"{label:28s} s {s:.2f}  own cv {host['own_cv']:.2f}  median |error| p50 {e['p50']:.1f} %  "
+              f"p95 {e['p95']:.1f} %")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
