@@ -347,7 +347,6 @@ def host_ratio(host: dict, b: int) -> float:
     ratios at batch 1 and at the largest batch, interpolated in log(batch size) between them.
     With CPU sharing the batch-1 ratio is the one with the host's own work taken out
     (:func:`share_cores`): the scenario's ``cpu_sharing`` puts it back at each cell's rate."""
-
     ratios = {1: host.get("compute_ratio_alone", host["compute_ratio"])}
     if "compute_ratio_bmax" in host:
         ratios[host["bmax"]] = host["compute_ratio_bmax"]
@@ -574,7 +573,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
 
     def derive(h: dict, ov: dict) -> None:
         """What the simulation takes from an in-server calibration: the CPU sharing, the after-idle
-        extra, and the overlap strength, each taken out of the batch-1 ratio."""
+        extra and the overlap strength (each taken out of the batch-1 ratio), and the model's own spread."""
         if cpu_sharing:
             share_cores(h, ov, threads, instances, corun=corun)
         account_idle(h, idle_fit)
@@ -1084,17 +1083,17 @@ def table(v: Validation) -> str:
             f"{f(_pct(c.predicted['burst_drop_rate']), 1)} %, measured {f(_pct(c.measured['burst_drop_rate']), 1)} %"
             for c in v.cells))
     lines.append("")
-    lines.append("per-stage means (ms, predicted / measured, error %):")
-    for c in v.cells:
-        parts = [f"{k} {f(pm[0], 5)}/{f(pm[1], 5)} ({f(pm[2], 5)}%)" for k, pm in c.stages.items()]
-        lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: " + "; ".join(parts))
-    if any(c.stages_p95 for c in v.cells):
-        lines.append("per-stage p95 (ms, predicted long-run / measured, error %; other = HTTP, event loop, "
-                     "post-processing, client):")
-        for c in v.cells:
-            if c.stages_p95:
-                parts = [f"{k} {f(pm[0], 5)}/{f(pm[1], 5)} ({f(pm[2], 5)}%)" for k, pm in c.stages_p95.items()]
-                lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: " + "; ".join(parts))
+    def stage_lines(title: str, by_cell) -> None:
+        rows = [(c, by_cell(c)) for c in v.cells if by_cell(c)]
+        if rows:
+            lines.append(title)
+        for c, stages in rows:
+            parts = [f"{k} {f(pm[0], 5)}/{f(pm[1], 5)} ({f(pm[2], 5)}%)" for k, pm in stages.items()]
+            lines.append(f"  B={c.max_batch_size} D={c.max_queue_delay_ms:g} load {c.load:.2f}: " + "; ".join(parts))
+
+    stage_lines("per-stage means (ms, predicted / measured, error %):", lambda c: c.stages)
+    stage_lines("per-stage p95 (ms, predicted long-run / measured, error %; other = HTTP, event loop, "
+                "post-processing, client):", lambda c: c.stages_p95)
     lines.extend(_given_speed_lines(v, f))
     lines.append("")
     for k in ("p50", "p95", "p99", "throughput"):
