@@ -150,6 +150,8 @@ class Stage:
 
     ms: float = spec(0.0, "time per request", unit="ms", ge=0, ui_max=100)
     workers: int = spec(0, "worker pool size; 0 = a pure delay with no queueing", ge=0, ui_max=32)
+    cv: float = spec(0.0, "spread of each request's time: gamma with mean ms and this coefficient of variation "
+                          "(0: every request takes ms); pre-processing with one worker only", ge=0, le=5, ui_max=2)
 
 
 @dataclass
@@ -701,6 +703,7 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
     if s.contention.get(1, 1.0) != 1.0:
         problems.append("service.contention.1: one busy instance is the reference and must be 1.0")
     problems += _cpu_sharing_problems(sc)
+    problems += _stage_spread_problems(sc)
 
     b = sc.batching
     for i, p in enumerate(b.preferred_batch_sizes):
@@ -790,6 +793,24 @@ def _check_policies(sc: Scenario, problems: list[str]) -> None:
         if d is not None and s.max_instances > d.count * d.instances_per_device:
             problems.append(f"autoscale.max_instances: {s.max_instances} is more than the devices hold "
                             f"({d.count} x {d.instances_per_device}); lower it or add devices")
+
+
+def _stage_spread_problems(sc) -> list[str]:
+    """Where a stage's per-request spread (``cv``) is modelled: pre-processing with one worker, so
+    that requests still leave it in the order they came (the queue behind it relies on that)."""
+    out = []
+    pre, post = sc.service.preprocess, sc.service.postprocess
+    if post.cv > 0:
+        out.append("service.postprocess.cv: not modelled yet; remove it (post-processing takes ms per request)")
+    if pre.cv > 0:
+        if pre.workers != 1 or pre.ms <= 0:
+            out.append(f"service.preprocess.cv: modelled with one pre-processing worker (workers: 1, ms > 0), got "
+                       f"workers {pre.workers}; set workers to 1 or remove cv")
+        for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
+                           ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
+            if used:
+                out.append(f"service.preprocess.cv: not modelled with {name}; remove one of the two")
+    return out
 
 
 def _cpu_sharing_problems(sc) -> list[str]:

@@ -87,6 +87,14 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
         for k, (pp, mm, e) in c.stages_p95.items():
             assert pp >= 0 and mm >= c.stages[k][1] * 0.5 and math.isfinite(e), (k, c.stages_p95)
     assert "per-stage p95" in table(v)
+    # the decode's own spread (noop run) is the pre-processing stage's cv, with one decode thread
+    from capsim.validate.validate import scenario_for
+
+    assert 0 < v.overhead["decode_cv"] < 3
+    sc = scenario_for(tiny_profile, v.overhead, 1, 0.0, 1, 1, 10.0, 1, host)
+    assert sc.service.preprocess.cv == pytest.approx(v.overhead["decode_cv"], abs=1e-4)
+    assert scenario_for(tiny_profile, v.overhead, 1, 0.0, 1, 1, 10.0, 1, host,
+                        decode_spread=False).service.preprocess.cv == 0.0
     b1 = [c for c in v.cells if c.max_batch_size == 1]
     assert all(c.measured["mean_batch_size"] == 1.0 for c in b1)  # B=1 never batches, in either world
     b8 = [c for c in v.cells if c.max_batch_size == 8]

@@ -27,7 +27,7 @@ from capsim.sim.shared_cores import PreprocessPool, SharedCores
 from capsim.sim.queue import (
     DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
-from capsim.sim.stages import fifo_pool
+from capsim.sim.stages import fifo_one, fifo_pool, stage_draws_ns
 
 NS = 1_000_000_000
 INF = float("inf")
@@ -129,8 +129,13 @@ class _Run:
 
         entry = np.full(n, -1, np.int64)
         self.shared = host_cpu.moment_to_moment(sc)
+        pre = sc.service.preprocess
+        # each request's own pre-processing time, from a stream of its own (the service draws stay as they were)
+        self.pre_ns = stage_draws_ns(pre, n, rng.spawn(1)[0]) if pre.cv > 0 else None
         if self.shared:  # pre-processing runs in the event loop, beside the batches: entries come later
             e, server, stale = np.full(len(order), -1, np.int64), None, None
+        elif self.pre_ns is not None:  # one worker (config), no network or latest-frame line
+            e, server, stale = fifo_one(arrival_ns[order], self.pre_ns[order]), None, None
         else:
             e, server, stale = queue_entry(sc, arrival_ns[order], arr.source[order], arr.n_sources)  # network, preprocess
         self.server_ns = None
@@ -190,7 +195,8 @@ class _Run:
         self.cores = SharedCores(self.env, speeds, ov.preprocess_speed, self._on_shared_done)
         pre = sc.service.preprocess
         self.pre_start = np.full(len(self.arrival_ns), -1, np.int64)
-        self.pre_pool = PreprocessPool(self.cores, pre.workers, pre.ms * 1e6, self.pre_start)
+        work = pre.ms * 1e6 if self.pre_ns is None else self.pre_ns.astype(np.float64)
+        self.pre_pool = PreprocessPool(self.cores, pre.workers, work, self.pre_start)
         self.pre_order = order
         self.pre_next = 0      # next arrival (position in order) not yet at the pool
         self.entered = 0       # queue positions whose pre-processing has ended

@@ -49,6 +49,7 @@ def unsupported_features(sc: Scenario) -> list[str]:
         ("autoscale", sc.autoscale is not None),
         ("service.cpu_sharing.overlap (cores shared moment to moment)", host_cpu.moment_to_moment(sc)),
         ("service.after_idle", sc.service.after_idle.extra_ms > 0),
+        ("service.preprocess.cv", sc.service.preprocess.cv > 0),
     ]
     return [name for name, used in checks if used]
 

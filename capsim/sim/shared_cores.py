@@ -88,10 +88,11 @@ class SharedCores:
 class PreprocessPool:
     """A FIFO pool of ``workers`` pre-processing workers whose work runs on :class:`SharedCores`.
 
-    Every request takes the same work alone and all running pre-processing jobs share one speed,
-    so requests leave in the order they arrived."""
+    Every request takes the same work alone (or, with one worker, its own: ``work_ns`` per
+    request) and all running pre-processing jobs share one speed, so requests leave in the order
+    they arrived."""
 
-    def __init__(self, cores: SharedCores, workers: int, work_ns: float, start_ns: np.ndarray):
+    def __init__(self, cores: SharedCores, workers: int, work_ns, start_ns: np.ndarray):
         self.cores = cores
         self.start_ns = start_ns  # per request: when its pre-processing started (filled as it runs)
         self.workers = workers
@@ -114,4 +115,4 @@ class PreprocessPool:
     def _start(self, i: int) -> None:
         self.busy += 1
         self.start_ns[i] = self.cores.env.now
-        self.cores.start(("p", i), self.work_ns)
+        self.cores.start(("p", i), self.work_ns if np.isscalar(self.work_ns) else self.work_ns[i])

@@ -1,4 +1,5 @@
-"""CPU stages with a FIFO pool of identical workers and a fixed time per request."""
+"""CPU stages with a FIFO pool of identical workers: a fixed time per request, or with one worker
+its own time per request."""
 
 from __future__ import annotations
 
@@ -22,6 +23,32 @@ def fifo_pool(times: np.ndarray, service_s: float, workers: int) -> np.ndarray:
         a = times[r::workers]
         j = np.arange(len(a), dtype=np.float64) * service_s
         out[r::workers] = j + service_s + np.maximum.accumulate(a - j)
+    return out
+
+
+def stage_draws_ns(stage, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Each of ``n`` requests' time in ``stage`` (int ns): ``stage.ms``, or with ``stage.cv`` a
+    gamma draw of that mean and spread."""
+    mean_ns = stage.ms * 1e6
+    if stage.cv <= 0:
+        return np.full(n, int(round(mean_ns)), np.int64)
+    shape = 1.0 / stage.cv ** 2
+    return np.rint(rng.gamma(shape, mean_ns / shape, n)).astype(np.int64)
+
+
+def fifo_one(times_ns: np.ndarray, service_ns: np.ndarray) -> np.ndarray:
+    """Departures (int ns) from one FIFO worker of requests entering at ``times_ns`` (sorted),
+    each taking its own ``service_ns``: d[i] = max(a[i], d[i - 1]) + s[i]. They leave in order."""
+    return _fifo_one(np.ascontiguousarray(times_ns, dtype=np.int64), np.ascontiguousarray(service_ns, dtype=np.int64))
+
+
+@njit(cache=True)
+def _fifo_one(a, s):
+    out = np.empty_like(a)
+    free = np.int64(-(2 ** 62))
+    for i in range(len(a)):
+        free = (a[i] if a[i] > free else free) + s[i]
+        out[i] = free
     return out
 
 

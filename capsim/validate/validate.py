@@ -247,14 +247,18 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
         raise CapsimError("validate: the noop server completed too few requests to measure its overhead")
     pre = _mean(ok, P.H_PREPROCESS)   # decode, the wait for a decode thread and the hand-offs to it and back
     decode = _mean(ok, P.H_DECODE)
+    # the decode's own spread (nothing else runs beside it here): the pre-processing stage's cv
+    decode_cv = server_fit.cv([r[P.H_DECODE] for r in ok if r.get(P.H_DECODE) is not None])
     compute = _mean(ok, P.H_COMPUTE)
     lat = _mean(ok, "latency_ms")
     # The decode is the pre-processing stage's service time, and the simulated pool adds the wait
-    # for a worker (at this light load, M/D/1 per worker); everything else is per-request overhead,
-    # the hand-offs to the decode thread and back included.
+    # for a worker (at this light load, M/G/1 per worker, M/D/1 with several); everything else is
+    # per-request overhead, the hand-offs to the decode thread and back included.
+    spread = 1.0 + decode_cv ** 2 if preprocess_workers == 1 else 1.0
     per_worker = rate / max(1, preprocess_workers) * decode / 1000.0
-    pool_wait = per_worker * decode / (2.0 * (1.0 - per_worker)) if per_worker < 1 else 0.0
-    return {"preprocess_ms": decode, "overhead_ms": lat - decode - pool_wait - compute, "latency_ms": lat,
+    pool_wait = per_worker * decode * spread / (2.0 * (1.0 - per_worker)) if per_worker < 1 else 0.0
+    return {"preprocess_ms": decode, "decode_cv": decode_cv, "overhead_ms": lat - decode - pool_wait - compute,
+            "latency_ms": lat,
             "handoff_ms": pre - decode - pool_wait,
             "server_total_ms": _mean(ok, P.H_SERVER_TOTAL), "queue_wait_ms": _mean(ok, P.H_QUEUE_WAIT),
             "gap_ms": lat - _mean(ok, P.H_SERVER_TOTAL), "requests": len(ok), "host_cpu_ms": host_cpu_ms}
@@ -354,10 +358,12 @@ def host_ratio(host: dict, b: int) -> float:
 
 
 def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int, preprocess_workers: int,
-                 rate: float, seed: int, host: dict | None = None, speed: float = 1.0):
+                 rate: float, seed: int, host: dict | None = None, speed: float = 1.0, decode_spread: bool = True):
     """The scenario capsim predicts with: the profile's batch times (scaled by the host's measured
     interference when ``host`` is given), the measured server costs. ``speed`` scales the batch
-    times once more (with ``host``): a run's own drift (:mod:`capsim.validate.drift`)."""
+    times once more (with ``host``): a run's own drift (:mod:`capsim.validate.drift`). With one
+    decode thread the decode's measured spread (noop run) becomes ``preprocess.cv``, unless
+    ``decode_spread`` is off (the latest-frame decode line models none)."""
     from capsim.profile import load_profile
 
     if host is None:
@@ -382,7 +388,9 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
     data = {"name": f"validate-B{b}-D{d:g}",
             "arrivals": {"process": "poisson", "rate_rps": rate},
             "service": {**svc,
-                        "preprocess": {"ms": round(pre_ms, 4), "workers": preprocess_workers},
+                        "preprocess": {"ms": round(pre_ms, 4), "workers": preprocess_workers,
+                                       "cv": round(overhead.get("decode_cv", 0.0), 4)
+                                       if decode_spread and preprocess_workers == 1 else 0.0},
                         "postprocess": {"ms": 0.0, "workers": 0},
                         "overhead_ms": round(max(overhead["overhead_ms"], 0.0), 4)},
             "batching": {"mode": "triton", "max_batch_size": b, "max_queue_delay_ms": d},
@@ -585,7 +593,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         ov = measure_overhead(shape, payload, preprocess_workers, overhead_duration,
                               rate=min(20.0, 200.0 / max(1.0, prof.data["batches"][0]["median_ms"])), seed=seed,
                               say=say)
-        say(f"{label}: server overhead: decode {ov['preprocess_ms']:.2f} ms, other {ov['overhead_ms']:.2f} ms "
+        say(f"{label}: server overhead: decode {ov['preprocess_ms']:.2f} ms (cv {ov['decode_cv']:.2f}), "
+            f"other {ov['overhead_ms']:.2f} ms "
             "per request")
         if not host_calibration:
             return ov, None
@@ -690,8 +699,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
 
 
 # What a bracketed calibration averages: times arithmetically, ratios geometrically.
-_MEAN_KEYS = ("preprocess_ms", "overhead_ms", "handoff_ms", "latency_ms", "server_total_ms", "queue_wait_ms",
-              "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps",
+_MEAN_KEYS = ("preprocess_ms", "decode_cv", "overhead_ms", "handoff_ms", "latency_ms", "server_total_ms",
+              "queue_wait_ms", "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps",
               "compute_b1_light_ms", "rate_light_rps", "compute_b1_median_ms", "other_ms")
 _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
@@ -929,7 +938,7 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
         share_cores(host, overhead, threads, 1)
     cells, cpu = [], []
     for b, d in configs:
-        sc = scenario_for(profile, overhead, b, d, 1, preprocess_workers, 1.0, seed, host)
+        sc = scenario_for(profile, overhead, b, d, 1, preprocess_workers, 1.0, seed, host, decode_spread=False)
         sc.arrivals = arrivals  # (cpu_sharing reads its rate from here: the cameras' mean fps)
         sc.queue.per_source_max_size = per_source_max_size
         sc.queue.on_full = on_full
@@ -1045,7 +1054,9 @@ def table(v: Validation) -> str:
 
     repeated = any(c.noise_pct.get("p95") is not None for c in v.cells)
     lines = [f"capsim validate: {v.model} with {v.profile}",
-             f"server overhead (noop model): decode {v.overhead['preprocess_ms']:.2f} ms, other "
+             f"server overhead (noop model): decode {v.overhead['preprocess_ms']:.2f} ms"
+             + (f" (cv {v.overhead['decode_cv']:.2f})" if v.overhead.get("decode_cv") is not None else "")
+             + ", other "
              f"{v.overhead['overhead_ms']:.2f} ms per request",
              (f"inside the server at {v.overhead['host']['rate_rps']:.1f} rps: compute x{v.overhead['host']['compute_ratio']:.2f} the profile "
               f"(b1 {v.overhead['host']['compute_b1_ms']:.1f} vs {v.overhead['host']['profile_b1_ms']:.1f} ms"
