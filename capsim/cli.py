@@ -467,7 +467,6 @@ def app_path():
 
 def cmd_ui(args) -> int:
     import importlib.util
-    import subprocess
 
     if importlib.util.find_spec("streamlit") is None:
         raise CapsimError("capsim ui: needs streamlit; pip install -e '.[ui]'")
@@ -476,10 +475,10 @@ def cmd_ui(args) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path()), "--server.port", str(args.port),
            "--server.address", args.host, "--browser.gatherUsageStats", "false"]
     print(f"capsim ui: http://{args.host}:{args.port}  (Ctrl-C stops it)", file=sys.stderr)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 130
+    sys.stderr.flush()
+    # Become the server rather than its parent: a signal that stops `capsim ui` (kill, a service
+    # manager) then stops streamlit too, instead of leaving it running as an orphan.
+    os.execv(sys.executable, cmd)
 
 
 # --------------------------------------------------------------------------- models, calibrate, profile

@@ -805,7 +805,7 @@ def _stage_spread_problems(sc) -> list[str]:
     if pre.cv > 0:
         if pre.workers != 1 or pre.ms <= 0:
             out.append(f"service.preprocess.cv: modelled with one pre-processing worker (workers: 1, ms > 0), got "
-                       f"workers {pre.workers}; set workers to 1 or remove cv")
+                       f"workers {pre.workers}, ms {_num(pre.ms)}; set them or remove cv")
         for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
                            ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
             if used:

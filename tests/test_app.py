@@ -156,6 +156,15 @@ def test_capsim_ui_serves_the_app(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    # stopping `capsim ui` stops the server itself (no streamlit left running behind it)
+    deadline, up = time.time() + 10, True
+    while time.time() < deadline and up:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            time.sleep(0.3)
+        except OSError:
+            up = False
+    assert not up, "capsim ui left its streamlit server running after it was stopped"
 
 
 def test_capsim_ui_rejects_a_bad_port():
