@@ -42,16 +42,24 @@ def scaled_speed(speed: float, strength: float) -> float:
     return 1.0 / (1.0 + strength * (1.0 / speed - 1.0))
 
 
-def slowdown(host: dict, overhead: dict, strength: float, rate: float, compute_ms: float) -> float:
-    """Mean slowdown of a batch of 1 in a B=1 server at a Poisson ``rate`` beside the host's work,
-    with the overlap at ``strength``: what its measured compute time holds besides the model alone."""
+def sharing_slowdown(host: dict, overhead: dict, strength: float, rate: float) -> float:
+    """Mean slowdown of a batch of 1 from the host's work at a Poisson ``rate``: the overlap with
+    the decode's busy share (the co-run's speed at ``strength``) times the rest of the host's
+    work spread evenly (``host['sharing']``, ``host['corun']`` as :func:`validate.share_cores` sets them)."""
     sh, corun = host["sharing"], host["corun"]
     cs = CpuSharing(cores=sh["cores"], model_cores=sh["model_cores"], host_ms=sh["host_ms"])
     pre_ms = overhead["preprocess_ms"]
     v1 = host_cpu.log_interp({int(b): v for b, v in corun["model_speed"].items()}, 1)
     k = host_cpu.overlap_slowdown(host_cpu.busy_share(rate, pre_ms, corun["preprocess_speed"]),
                                   scaled_speed(v1, strength))
-    k *= host_cpu.factor(cs, rate * max(0.0, cs.host_ms - pre_ms) / 1000.0)
+    return k * host_cpu.factor(cs, rate * max(0.0, cs.host_ms - pre_ms) / 1000.0)
+
+
+def slowdown(host: dict, overhead: dict, strength: float, rate: float, compute_ms: float) -> float:
+    """Mean slowdown of a batch of 1 in a B=1 server at a Poisson ``rate`` beside the host's work,
+    with the overlap at ``strength``: what its measured compute time holds besides the model alone
+    (:func:`sharing_slowdown` and the after-idle extra)."""
+    k = sharing_slowdown(host, overhead, strength, rate)
     a = host.get("after_idle")
     if a:
         k *= 1.0 + idle.mean_extra(a["extra_ms"], a["tau_ms"], rate, compute_ms) / compute_ms
@@ -82,11 +90,10 @@ def fit(host: dict, overhead: dict) -> None:
             m = (a + b) / 2.0
             a, b = (m, b) if gap(m) < 0.0 else (a, m)
         s = (a + b) / 2.0
-    idle_hi = host.get("idle_slowdown", 1.0)
     k_hi, k_lo = slowdown(host, overhead, s, *hi), slowdown(host, overhead, s, *lo)
     host["overlap_strength"] = s
     ov["model_speed"] = {int(b): round(scaled_speed(v, s), 4) for b, v in host["corun"]["model_speed"].items()}
-    host["calibration_slowdown"] = k_hi / idle_hi   # the overlap and spread part, as share_cores reports it
+    host["calibration_slowdown"] = sharing_slowdown(host, overhead, s, host["rate_rps"])  # as share_cores reports it
     host["compute_ratio_alone"] = math.sqrt(host["compute_ratio"] / k_hi * host["compute_ratio_light"] / k_lo)
 
 

@@ -431,18 +431,15 @@ def share_cores(host: dict, overhead: dict, threads: int | None, instances: int,
     cores = cores or host_cores()
     cs = CpuSharing(cores=cores, model_cores=float(min(cores, (threads or max(1, cores // instances)) * instances)),
                     host_ms=round(h, 4))
-    rate, spread = host["rate_rps"], cs.host_ms
+    rate = host["rate_rps"]
     host["sharing"] = {"cores": cs.cores, "model_cores": cs.model_cores, "host_ms": cs.host_ms}
-    k = 1.0
     if corun:
-        pre_ms = overhead["preprocess_ms"]
         speeds = {int(b): round(v, 4) for b, v in corun["model_speed"].items()}
         host["sharing"]["overlap"] = {"model_speed": speeds, "preprocess_speed": round(corun["preprocess_speed"], 4)}
         host["corun"] = {**corun, "alone_cv": float(np.median(list(corun["model_alone_cv"].values())))}
-        spread = max(0.0, cs.host_ms - pre_ms)
-        k = host_cpu.overlap_slowdown(host_cpu.busy_share(rate, pre_ms, corun["preprocess_speed"]),
-                                      host_cpu.log_interp(speeds, 1))
-    k *= host_cpu.factor(cs, rate * spread / 1000.0)
+        k = server_fit.sharing_slowdown(host, overhead, 1.0, rate)   # the co-run as measured
+    else:
+        k = host_cpu.factor(cs, rate * cs.host_ms / 1000.0)
     host["calibration_slowdown"] = k
     host["compute_ratio_alone"] = host["compute_ratio"] / k
 
@@ -700,8 +697,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
 
 # What a bracketed calibration averages: times arithmetically, ratios geometrically.
 _MEAN_KEYS = ("preprocess_ms", "decode_cv", "overhead_ms", "handoff_ms", "latency_ms", "server_total_ms",
-              "queue_wait_ms", "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms", "rate_rps",
-              "compute_b1_light_ms", "rate_light_rps", "compute_b1_median_ms", "other_ms")
+              "queue_wait_ms", "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms",
+              "rate_rps", "compute_b1_light_ms", "rate_light_rps", "compute_b1_median_ms", "other_ms")
 _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
 
