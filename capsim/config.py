@@ -226,6 +226,8 @@ class Service:
         0.0, "fixed per-request time outside the model (network, pre/post) with no contention", unit="ms", ge=0,
         ui_max=200,
     )
+    overhead_cv: float = spec(0.0, "spread of each request's overhead: gamma with mean overhead_ms and this "
+                                   "coefficient of variation (0: every request takes overhead_ms)", ge=0, le=5, ui_max=2)
     preprocess: Stage = spec(help="pre-processing stage before the batcher", factory=Stage)
     postprocess: Stage = spec(help="post-processing stage after the model", factory=Stage)
     contention: dict[int, float] = spec(
@@ -802,6 +804,12 @@ def _stage_spread_problems(sc) -> list[str]:
     pre, post = sc.service.preprocess, sc.service.postprocess
     if post.cv > 0:
         out.append("service.postprocess.cv: not modelled yet; remove it (post-processing takes ms per request)")
+    if sc.service.overhead_cv > 0:
+        if sc.service.overhead_ms <= 0:
+            out.append("service.overhead_cv: spreads overhead_ms, which is 0; set overhead_ms or remove overhead_cv")
+        if sc.arrivals.process == "closed":
+            out.append("service.overhead_cv: not modelled with closed-loop clients (arrivals.process closed); "
+                       "remove it")
     if pre.cv > 0:
         if pre.workers != 1 or pre.ms <= 0:
             out.append(f"service.preprocess.cv: modelled with one pre-processing worker (workers: 1, ms > 0), got "

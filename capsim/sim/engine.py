@@ -27,7 +27,7 @@ from capsim.sim.shared_cores import PreprocessPool, SharedCores
 from capsim.sim.queue import (
     DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
-from capsim.sim.stages import fifo_one, fifo_pool, stage_draws_ns
+from capsim.sim.stages import fifo_one, fifo_pool, overhead_draws_ms, stage_draws_ns
 
 NS = 1_000_000_000
 INF = float("inf")
@@ -45,7 +45,7 @@ class ReplicationTrace:
     start: np.ndarray         # service start on an instance
     end: np.ndarray           # service end
     done: np.ndarray          # response leaves the server (after post-processing)
-    latency_ms: np.ndarray    # done - arrival + overhead (NaN when dropped)
+    latency_ms: np.ndarray    # done - arrival + the request's overhead (NaN when dropped)
     formation_ms: np.ndarray  # part of the queue wait spent holding for the batch to fill
     batch_size: np.ndarray    # 0 when dropped
     instance: np.ndarray      # -1 when dropped
@@ -57,7 +57,7 @@ class ReplicationTrace:
     batch_size_by_batch: np.ndarray
     batch_instance: np.ndarray
     instances: int
-    overhead_ms: float
+    overhead_ms: float        # the mean overhead (service.overhead_ms)
     # Per-policy data of this replication (e.g. each request's priority level, instance counts
     # over time), keyed by policy; empty when the scenario uses none.
     extras: dict = field(default_factory=dict)
@@ -106,6 +106,7 @@ class _Run:
     """State of one replication (kept apart from the engine so nothing leaks between runs)."""
 
     shared = False  # cores shared moment to moment (set in __init__; subclasses that set up their own state keep False)
+    overhead = None  # each request's own overhead in ms (set in __init__; None: every request takes overhead_ms)
 
     def __init__(self, eng: SimPyEngine, arr: ArrivalStream, rng: np.random.Generator):
         sc = eng.sc
@@ -130,6 +131,8 @@ class _Run:
         entry = np.full(n, -1, np.int64)
         self.shared = host_cpu.moment_to_moment(sc)
         pre = sc.service.preprocess
+        # each request's own overhead: drawn first, so that it is the same stream in every engine
+        self.overhead = overhead_draws_ms(sc.service, n, rng)
         # each request's own pre-processing time, from a stream of its own (the service draws stay as they were)
         self.pre_ns = stage_draws_ns(pre, n, rng.spawn(1)[0]) if pre.cv > 0 else None
         if self.shared:  # pre-processing runs in the event loop, beside the batches: entries come later
@@ -376,7 +379,7 @@ class _Run:
             extras["autoscale"] = self.scaler.extras()
         if self.shared:  # the pre-processing time itself varies with what ran beside it
             extras["preprocess_start"] = np.where(self.pre_start >= 0, self.pre_start * s, np.nan)
-        latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
+        latency = (done - arrival) * 1000.0 + (sc.service.overhead_ms if self.overhead is None else self.overhead)
 
         batch_size = np.zeros(n, np.int64)
         batch_size[served] = b_size[sb]

@@ -29,7 +29,7 @@ from capsim import host_cpu
 from capsim.service import ServiceCurve, contention_table, empirical_ratios, variability_sampler
 from capsim.sim.engine import _DRAW_CHUNK, NS, ReplicationTrace, SimPyEngine
 from capsim.sim.network import queue_entry, respond
-from capsim.sim.stages import fifo_pool
+from capsim.sim.stages import fifo_pool, overhead_draws_ms
 
 # Request status, as in capsim.sim.queue.
 _PENDING, _QUEUED, _DISPATCHED, _DROPPED = 0, 1, 2, 3
@@ -846,6 +846,7 @@ class FastEngine:
         sc = self.sc
         qc, b = sc.queue, sc.batching
         n = len(arrivals)
+        overhead = overhead_draws_ms(sc.service, n, service_rng)  # first, as the SimPy engine draws it
         pre = sc.service.preprocess
         pre_ns = int(round(pre.ms * 1e6))
         # A FIFO pool of workers (not a pure delay), or the network stage: entry times from queue_entry.
@@ -930,10 +931,10 @@ class FastEngine:
 
         b_dispatch, b_end, b_size, b_inst, b_mark = (x[:nb] for x in (b_dispatch, b_end, b_size, b_inst, b_mark))
         return self._collect(arrivals, arrival_ns, entry, batch_of, drop_reason, drop_t,
-                             b_dispatch, b_end, b_size, b_inst, b_mark, server_ns)
+                             b_dispatch, b_end, b_size, b_inst, b_mark, server_ns, overhead)
 
     def _collect(self, arr, arrival_ns, entry, batch_of, drop_reason, drop_t, b_dispatch, b_end, b_size, b_inst,
-                 b_mark, server_ns=None) -> ReplicationTrace:
+                 b_mark, server_ns=None, overhead=None) -> ReplicationTrace:
         """The trace, computed as :meth:`capsim.sim.engine._Run._collect` does (same float operations)."""
         sc = self.sc
         n = len(arr)
@@ -955,6 +956,8 @@ class FastEngine:
         if server_ns is not None:  # the response crosses the link back: as the SimPy engine does
             extras["network"] = respond(sc, done, server_ns, arrival)
             latency = (done - arrival) * 1000.0 + sc.service.overhead_ms
+        if overhead is not None:  # each request's own overhead (the same float operations as the SimPy engine)
+            latency = (done - arrival) * 1000.0 + overhead
         warm = np.zeros(n, bool)
         warm[: min(sc.run.warmup_requests, n)] = True
         return ReplicationTrace(

@@ -1,5 +1,5 @@
 """CPU stages with a FIFO pool of identical workers: a fixed time per request, or with one worker
-its own time per request."""
+its own time per request; and each request's own overhead outside the model."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def stage_draws_ns(stage, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.full(n, int(round(mean_ns)), np.int64)
     shape = 1.0 / stage.cv ** 2
     return np.rint(rng.gamma(shape, mean_ns / shape, n)).astype(np.int64)
+
+
+def overhead_draws_ms(service, n: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Each of ``n`` requests' overhead (ms), a gamma draw of mean ``service.overhead_ms`` and
+    spread ``service.overhead_cv`` from a stream of its own (so the service draws stay as they
+    were); None when every request takes the same."""
+    if service.overhead_cv <= 0 or service.overhead_ms <= 0:
+        return None
+    shape = 1.0 / service.overhead_cv ** 2
+    return rng.spawn(1)[0].gamma(shape, service.overhead_ms / shape, n)
 
 
 def fifo_one(times_ns: np.ndarray, service_ns: np.ndarray) -> np.ndarray:

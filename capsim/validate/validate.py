@@ -30,7 +30,7 @@ import numpy as np
 from capsim.config import parse_scenario
 from capsim.errors import CapsimError
 from capsim.host_cpu import log_interp
-from capsim.validate import drift
+from capsim.validate import drift, event_loop
 from capsim.validate import server_fit
 from capsim.validate import protocol as P
 
@@ -254,9 +254,7 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
     # The decode is the pre-processing stage's service time, and the simulated pool adds the wait
     # for a worker (at this light load, M/G/1 per worker, M/D/1 with several); everything else is
     # per-request overhead, the hand-offs to the decode thread and back included.
-    spread = 1.0 + decode_cv ** 2 if preprocess_workers == 1 else 1.0
-    per_worker = rate / max(1, preprocess_workers) * decode / 1000.0
-    pool_wait = per_worker * decode * spread / (2.0 * (1.0 - per_worker)) if per_worker < 1 else 0.0
+    pool_wait = event_loop.pool_wait_ms(rate, decode, decode_cv, preprocess_workers)
     return {"preprocess_ms": decode, "decode_cv": decode_cv, "overhead_ms": lat - decode - pool_wait - compute,
             "latency_ms": lat,
             "handoff_ms": pre - decode - pool_wait,
@@ -265,7 +263,8 @@ def measure_overhead(shape, payload: str, preprocess_workers: int, duration: flo
 
 
 def measure_host(server_args: list[str], prof, shape, payload: str, rate: float, duration: float, seed: int,
-                 say, largest_batch: int | None = None, light_rate: float | None = None) -> dict:
+                 say, largest_batch: int | None = None, light_rate: float | None = None,
+                 preprocess_workers: int = 1) -> dict:
     """How fast the model and the decoder run inside the server on this host, under load.
 
     The profile times the model alone on an idle machine; in the server the decode threads, the
@@ -277,7 +276,8 @@ def measure_host(server_args: list[str], prof, shape, payload: str, rate: float,
     With ``light_rate`` batch 1 is measured at that rate too, in turns with ``rate``
     (:mod:`capsim.validate.server_fit`). Measured apart from the cells it predicts.
     """
-    out = _measure_batch_one(server_args, prof, shape, payload, rate, duration, seed + 7, say, light_rate)
+    out = _measure_batch_one(server_args, prof, shape, payload, rate, duration, seed + 7, say, light_rate,
+                             preprocess_workers)
     measured = [k for k in prof.curve_ms() if k <= (largest_batch or 1)]
     if max(measured) > 1:  # the largest batch the cells use that the profile measured
         out.update(_measure_full_batches(server_args, prof, shape, payload, max(measured), duration, seed, say))
@@ -293,7 +293,7 @@ def service_mean(times) -> float:
 
 
 def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration: float, seed: int, say,
-                       light_rate: float | None = None) -> dict:
+                       light_rate: float | None = None, workers: int = 1) -> dict:
     """Batch 1 (B=1, D=0) inside the server at a Poisson ``rate``: compute and decode times; with
     ``light_rate`` also the compute time there, the two rates in turns (two halves each) so that a
     machine whose speed drifts moves both alike."""
@@ -311,14 +311,15 @@ def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration:
     if min(len(v) for v in ok.values()) < 10:
         raise CapsimError("validate: the model server completed too few requests in its calibration run")
     times = np.array([row[P.H_COMPUTE] for row in ok[rate]])
+    other = measured_stage_times(ok[rate])["other"]
     compute, b1 = service_mean(times), prof.curve_ms()[1]
     out = {"compute_b1_ms": compute, "profile_b1_ms": b1, "compute_ratio": compute / b1,
            "compute_b1_median_ms": float(np.median(times)),
            # the spread of compute times in the server (other threads interrupt it), for the variability
            "compute_cv": server_fit.cv(times),
            "decode_ms": _mean(ok[rate], P.H_DECODE), "requests": len(ok[rate]), "rate_rps": rate,
-           # the rest of the latency in the loaded server, beside the noop run's overhead (a diagnostic)
-           "other_ms": float(np.mean(measured_stage_times(ok[rate])["other"]))}
+           # the rest of the latency in the loaded server: the scenario's overhead (event_loop)
+           "other_ms": float(np.mean(other)), **event_loop.loaded(ok[rate], other, rate, workers)}
     if light_rate is not None:
         light = service_mean([row[P.H_COMPUTE] for row in ok[light_rate]])
         out.update(compute_b1_light_ms=light, compute_ratio_light=light / b1, rate_light_rps=light_rate)
@@ -338,12 +339,13 @@ def _measure_full_batches(server_args, prof, shape, payload, b: int, duration: f
         spec = LoadSpec(url=srv.url, duration_s=duration, concurrency=b, payload=payload, shape=tuple(shape),
                         seed=seed + 11)
         res = asyncio.run(run_load(spec))
-    full = [r[P.H_COMPUTE] for r in _measured(res.rows) if r[P.H_BATCH_SIZE] == b]
+    ok = _measured(res.rows)
+    full = [r[P.H_COMPUTE] for r in ok if r[P.H_BATCH_SIZE] == b]
     if len(full) < 3 * b:
         return {}
     compute = service_mean(full)
     return {"compute_bmax_ms": compute, "bmax": b, "profile_bmax_ms": prof.curve_ms()[b],
-            "compute_ratio_bmax": compute / prof.curve_ms()[b]}
+            "compute_ratio_bmax": compute / prof.curve_ms()[b], "response_ms": event_loop.response_ms(ok, b)}
 
 
 def host_ratio(host: dict, b: int) -> float:
@@ -360,7 +362,8 @@ def host_ratio(host: dict, b: int) -> float:
 def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int, preprocess_workers: int,
                  rate: float, seed: int, host: dict | None = None, speed: float = 1.0, decode_spread: bool = True):
     """The scenario capsim predicts with: the profile's batch times (scaled by the host's measured
-    interference when ``host`` is given), the measured server costs. ``speed`` scales the batch
+    interference when ``host`` is given), the measured server costs (with ``host``, the work outside
+    the model as measured under load: :mod:`capsim.validate.event_loop`). ``speed`` scales the batch
     times once more (with ``host``): a run's own drift (:mod:`capsim.validate.drift`). With one
     decode thread the decode's measured spread (noop run) becomes ``preprocess.cv``, unless
     ``decode_spread`` is off (the latest-frame decode line models none)."""
@@ -385,14 +388,19 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
             svc["after_idle"] = dict(host["after_idle"])
         # the decode as it runs in the server beside the model; moment to moment: its time alone (noop run)
         pre_ms = overhead["preprocess_ms"] if overlap else host["decode_ms"]
+    # the work outside the model as it runs under load (batch-1 calibration), or the noop run's
+    outside = event_loop.overhead_stage(host) or {"overhead_ms": max(overhead["overhead_ms"], 0.0),
+                                                  "overhead_cv": 0.0, "response_ms": 0.0}
     data = {"name": f"validate-B{b}-D{d:g}",
             "arrivals": {"process": "poisson", "rate_rps": rate},
             "service": {**svc,
                         "preprocess": {"ms": round(pre_ms, 4), "workers": preprocess_workers,
                                        "cv": round(overhead.get("decode_cv", 0.0), 4)
                                        if decode_spread and preprocess_workers == 1 else 0.0},
-                        "postprocess": {"ms": 0.0, "workers": 0},
-                        "overhead_ms": round(max(overhead["overhead_ms"], 0.0), 4)},
+                        "postprocess": {"ms": round(outside["response_ms"], 4),
+                                        "workers": 1 if outside["response_ms"] > 0 else 0},
+                        "overhead_ms": round(outside["overhead_ms"], 4),
+                        "overhead_cv": round(outside["overhead_cv"], 4)},
             "batching": {"mode": "triton", "max_batch_size": b, "max_queue_delay_ms": d},
             "instances": instances,
             "run": {"requests": 20000, "warmup_requests": 2000, "replications": 3, "seed": seed}}
@@ -526,6 +534,17 @@ def _sharing_text(host: dict) -> str:
     return text
 
 
+def _outside_text(host: dict) -> str:
+    o = event_loop.overhead_stage(host)
+    if o is None:
+        return ""
+    text = (f"; outside the model there: other {host['other_ms']:.2f} ms (cv {host['other_cv']:.2f}), "
+            f"hand-off from the decode thread {host['handoff_loaded_ms']:.2f} ms")
+    if o["response_ms"]:
+        text += f", {o['response_ms']:.2f} ms per response (a batch's responses leave one after another)"
+    return text
+
+
 def _idle_text(host: dict) -> str:
     a = host.get("after_idle")
     if not a:
@@ -597,11 +616,12 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             return ov, None
         naive = capacity(scenario_for(profile, ov, 1, 0.0, instances, preprocess_workers, 1.0, seed))
         h = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
-                         largest_batch=largest_b, light_rate=LIGHT_LOAD * naive if corun and overlap_fit else None)
+                         largest_batch=largest_b, light_rate=LIGHT_LOAD * naive if corun and overlap_fit else None,
+                         preprocess_workers=preprocess_workers)
         derive(h, ov)
         say(f"{label}: inside the server: compute x{h['compute_ratio']:.2f} the profile at batch 1"
             + (f", x{h['compute_ratio_bmax']:.2f} at batch {h['bmax']}" if "bmax" in h else "")
-            + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h) + _idle_text(h))
+            + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h) + _outside_text(h) + _idle_text(h))
         return ov, h
 
     overhead, host = calibrate("opening calibration")
@@ -698,7 +718,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
 # What a bracketed calibration averages: times arithmetically, ratios geometrically.
 _MEAN_KEYS = ("preprocess_ms", "decode_cv", "overhead_ms", "handoff_ms", "latency_ms", "server_total_ms",
               "queue_wait_ms", "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms",
-              "rate_rps", "compute_b1_light_ms", "rate_light_rps", "compute_b1_median_ms", "other_ms")
+              "rate_rps", "compute_b1_light_ms", "rate_light_rps", "compute_b1_median_ms", "other_ms",
+              "other_cv", "handoff_loaded_ms", "response_ms")
 _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
 
@@ -782,7 +803,7 @@ def stage_times(sim) -> dict[str, np.ndarray]:
         parts["preprocess"].append((tr.entry - tr.arrival)[m] * 1000.0)
         parts["queue_wait"].append((tr.start - tr.entry)[m] * 1000.0)
         parts["compute"].append((tr.end - tr.start)[m] * 1000.0)
-        parts["other"].append((tr.done - tr.end)[m] * 1000.0 + tr.overhead_ms)
+        parts["other"].append(tr.latency_ms[m] - (tr.end - tr.arrival)[m] * 1000.0)  # each request's own overhead
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -930,7 +951,7 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
     server_args = _model_args(model, backend, preprocess_workers, threads)
     naive = capacity(scenario_for(profile, overhead, 1, 0.0, 1, preprocess_workers, 1.0, seed))
     host = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
-                        largest_batch=max(b for b, _ in configs))
+                        largest_batch=max(b for b, _ in configs), preprocess_workers=preprocess_workers)
     if cpu_sharing:
         share_cores(host, overhead, threads, 1)
     cells, cpu = [], []
@@ -1061,7 +1082,7 @@ def table(v: Validation) -> str:
                  f"{v.overhead['host']['compute_bmax_ms']:.1f} vs {v.overhead['host']['profile_bmax_ms']:.1f} ms"
                  if "bmax" in v.overhead["host"] else "") + "), decode "
               f"{v.overhead['host']['decode_ms']:.2f} ms{_sharing_text(v.overhead['host'])}"
-              f"{_idle_text(v.overhead['host'])}: the prediction uses these"
+              f"{_outside_text(v.overhead['host'])}{_idle_text(v.overhead['host'])}: the prediction uses these"
               if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
              *([_drift_text(v.overhead["opening"], v.overhead["closing"])] if v.overhead.get("closing") else []),
