@@ -52,7 +52,7 @@ def test_the_hand_off_under_load_is_what_the_decode_and_its_wait_leave():
 def test_the_scenario_takes_the_loaded_overhead_less_the_responses():
     host = {"other_ms": 7.0, "other_cv": 0.6, "handoff_loaded_ms": 1.5, "response_ms": 1.2}
     got = event_loop.overhead_stage(host)
-    assert got["overhead_ms"] == pytest.approx(7.3) and got["response_ms"] == 1.2
+    assert got["overhead_ms"] == pytest.approx(7.3) and got["response_ms"] == 1.2 and got["handoff_ms"] == 1.5
     assert got["overhead_cv"] * got["overhead_ms"] == pytest.approx(0.6 * 7.0)  # other's spread, in ms
     assert event_loop.overhead_stage({**host, "response_ms": None})["overhead_ms"] == pytest.approx(8.5)
     assert event_loop.overhead_stage({"other_ms": 7.0}) is None  # an older calibration: the noop run's overhead

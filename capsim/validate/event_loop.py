@@ -55,11 +55,15 @@ def response_ms(ok: list[dict], b: int) -> float | None:
 def overhead_stage(host: dict) -> dict | None:
     """What the scenario takes from those measurements: ``overhead_ms`` and ``overhead_cv`` (the
     loaded ``other`` and hand-off, less the time per response), and the time per response as a
-    one-worker post-processing stage (so a batch's responses leave one after another). None for
-    a calibration that did not measure them (the noop run's overhead stands)."""
+    one-worker post-processing stage (so a batch's responses leave one after another). The
+    hand-off comes before the batcher in the server; in the scenario it is part of the overhead,
+    since a fixed delay before the queue delays everything behind it alike (``handoff_ms``:
+    the per-stage comparison moves it back). None for a calibration that did not measure them
+    (the noop run's overhead stands)."""
     if host is None or "other_cv" not in host:
         return None
     resp = host.get("response_ms") or 0.0
     mean = max(host["other_ms"] + host["handoff_loaded_ms"] - resp, 0.01)
     # the spread measured is other's; the hand-off adds to its mean, not (here) to its spread
-    return {"overhead_ms": mean, "overhead_cv": host["other_cv"] * host["other_ms"] / mean, "response_ms": resp}
+    return {"overhead_ms": mean, "overhead_cv": host["other_cv"] * host["other_ms"] / mean, "response_ms": resp,
+            "handoff_ms": host["handoff_loaded_ms"]}
