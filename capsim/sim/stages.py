@@ -32,8 +32,7 @@ def stage_draws_ns(stage, n: int, rng: np.random.Generator) -> np.ndarray:
     mean_ns = stage.ms * 1e6
     if stage.cv <= 0:
         return np.full(n, int(round(mean_ns)), np.int64)
-    shape = 1.0 / stage.cv ** 2
-    return np.rint(rng.gamma(shape, mean_ns / shape, n)).astype(np.int64)
+    return np.rint(gamma_draws(mean_ns, stage.cv, n, rng)).astype(np.int64)
 
 
 def overhead_draws_ms(service, n: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -42,8 +41,13 @@ def overhead_draws_ms(service, n: int, rng: np.random.Generator) -> np.ndarray |
     were); None when every request takes the same."""
     if service.overhead_cv <= 0 or service.overhead_ms <= 0:
         return None
-    shape = 1.0 / service.overhead_cv ** 2
-    return rng.spawn(1)[0].gamma(shape, service.overhead_ms / shape, n)
+    return gamma_draws(service.overhead_ms, service.overhead_cv, n, rng.spawn(1)[0])
+
+
+def gamma_draws(mean: float, cv: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` gamma draws of that mean and coefficient of variation (shape 1 / cv^2)."""
+    shape = 1.0 / cv ** 2
+    return rng.gamma(shape, mean / shape, n)
 
 
 def fifo_one(times_ns: np.ndarray, service_ns: np.ndarray) -> np.ndarray:

@@ -661,6 +661,9 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             derive(host, overhead)
         say("the prediction uses the mean of the opening and closing calibrations"
             + (f": compute x{host['compute_ratio']:.2f} at batch 1" if host else ""))
+    # the loaded hand-off from the decode thread is in the scenario's overhead; the server counts
+    # it in pre-processing (X-Preprocess-Ms), so the per-stage comparison moves it there
+    handoff = (event_loop.overhead_stage(host) or {}).get("handoff_ms", 0.0)
     cells = []
     for b, d in configs:
         base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
@@ -684,9 +687,6 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             if given:
                 predicted["given_speed"] = given
             bd = sim.breakdown_ms
-            # the loaded hand-off from the decode thread is in the scenario's overhead; the server
-            # counts it in pre-processing (X-Preprocess-Ms), so the comparison moves it there
-            handoff = (event_loop.overhead_stage(host) or {}).get("handoff_ms", 0.0)
             stages = {"preprocess": (bd["preprocess"] + handoff, stage_means["preprocess"]),
                       "decode": (decode_ms(sim, base), stage_means["decode"]),
                       "queue_wait": (bd["queue_wait"] + bd["batch_formation"], stage_means["queue_wait"]),
