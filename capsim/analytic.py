@@ -91,15 +91,16 @@ def napkin(sc: Scenario) -> Napkin:
         compute = ServiceCurve(host_cpu.effective_curve_ms(sc), B).mean_s(B) * 1000.0
     s = sc.service
     prepost = s.preprocess.ms + s.postprocess.ms
-    lat = sc.batching.max_queue_delay_ms + prepost + s.overhead_ms + compute
+    lat = sc.batching.max_queue_delay_ms + prepost + s.overhead_ms + compute + s.batch_overhead_ms
     rate = sc.arrivals.offered_rps()
     budget = sc.slo.latency_ms if sc.slo else lat
     in_flight = (rate or 0.0) * budget / 1000.0
     def ms(v: float) -> str:  # measured curves give long decimals; a napkin needs three digits
         return f"{v:.3g}" if v < 100 else f"{v:.0f}"
 
+    held = f" + {ms(s.batch_overhead_ms)} batch overhead" if s.batch_overhead_ms else ""
     formula = (f"{ms(sc.batching.max_queue_delay_ms)} wait + {ms(prepost)} pre/post + {ms(s.overhead_ms)} overhead "
-               f"+ {ms(compute)} compute(b={B}) = {ms(lat)} ms")
+               f"+ {ms(compute)} compute(b={B}){held} = {ms(lat)} ms")
     return Napkin(lat, capacity_rps(sc), in_flight, formula)
 
 
@@ -144,7 +145,7 @@ def predicted_mean_latency_ms(sc: Scenario) -> float | None:
             or q.max_size or q.timeout_ms
             or q.per_source_max_size or q.stride != 1 or s.preprocess.ms or s.postprocess.ms or s.contention
             or s.variability.distribution == "empirical" or q.deadline_ms or sc.priority is not None
-            or sc.network is not None or sc.autoscale is not None):
+            or sc.network is not None or sc.autoscale is not None or s.batch_overhead_ms):
         return None
     lam, mean = sc.arrivals.rate_rps, host_cpu.effective_curve_ms(sc)[1] / 1000.0  # slowed by shared cores
     cv = 1.0 if s.variability.distribution == "exponential" else s.variability.cv

@@ -168,6 +168,10 @@ class Overlap:
              "(interpolated in log batch size); empty = share the cores on average", factory=dict)
     preprocess_speed: float = spec(1.0, "fraction of its own speed a pre-processing worker runs at while a "
                                         "batch runs beside it", gt=0, le=1)
+    preprocess_speed_by_batch: dict[int, float] = spec(
+        help="the same by the size of the batch beside it (interpolated in log batch size): a runtime's threads "
+             "take more of the cores from a decode beside some sizes than others; empty = preprocess_speed "
+             "for every size", factory=dict)
 
 
 @dataclass
@@ -228,6 +232,10 @@ class Service:
     )
     overhead_cv: float = spec(0.0, "spread of each request's overhead: gamma with mean overhead_ms and this "
                                    "coefficient of variation (0: every request takes overhead_ms)", ge=0, le=5, ui_max=2)
+    batch_overhead_ms: float = spec(
+        0.0, "time an instance is held per batch beyond the model's run: handing the batch to the instance's "
+             "thread and the result back (a server's event loop); its requests wait it too", unit="ms", ge=0,
+        ui_max=50)
     preprocess: Stage = spec(help="pre-processing stage before the batcher", factory=Stage)
     postprocess: Stage = spec(help="post-processing stage after the model", factory=Stage)
     contention: dict[int, float] = spec(
@@ -855,17 +863,21 @@ def _cpu_sharing_problems(sc) -> list[str]:
 def _overlap_problems(sc) -> list[str]:
     ov = sc.service.cpu_sharing.overlap
     if not ov.model_speed:
-        if ov.preprocess_speed != 1.0:
-            return ["service.cpu_sharing.overlap.preprocess_speed: needs model_speed (the batch's side of the "
-                    "co-run); set it or remove the overlap section"]
+        for name, used in (("preprocess_speed", ov.preprocess_speed != 1.0),
+                           ("preprocess_speed_by_batch", bool(ov.preprocess_speed_by_batch))):
+            if used:
+                return [f"service.cpu_sharing.overlap.{name}: needs model_speed (the batch's side of the "
+                        "co-run); set it or remove the overlap section"]
         return []
     out = []
-    for b, v in ov.model_speed.items():
-        if b < 1:
-            out.append(f"service.cpu_sharing.overlap.model_speed.{b}: batch sizes must be >= 1")
-        if not 0 < v <= 1:
-            out.append(f"service.cpu_sharing.overlap.model_speed.{b}: must be in (0, 1] (a fraction of the "
-                       f"batch's own speed), got {_num(v)}")
+    for field_name, table, whose in (("model_speed", ov.model_speed, "batch's"),
+                                     ("preprocess_speed_by_batch", ov.preprocess_speed_by_batch, "worker's")):
+        for b, v in table.items():
+            if b < 1:
+                out.append(f"service.cpu_sharing.overlap.{field_name}.{b}: batch sizes must be >= 1")
+            if not 0 < v <= 1:
+                out.append(f"service.cpu_sharing.overlap.{field_name}.{b}: must be in (0, 1] (a fraction of the "
+                           f"{whose} own speed), got {_num(v)}")
     pre = sc.service.preprocess
     if not (pre.ms > 0 and pre.workers > 0):
         out.append("service.cpu_sharing.overlap: needs a pre-processing pool to overlap with; set "

@@ -73,11 +73,16 @@ def host_load_cores(sc) -> float:
     return host_rate_rps(sc) * spread_ms(sc) / 1000.0
 
 
-def pre_busy_share(sc, rate: float) -> float:
-    """Share of time a batch has pre-processing running beside it at ``rate``: the pool's busy
-    workers (each slowed while it overlaps), at most 1 (an upper bound with several workers)."""
+def preprocess_speed(ov, b: int) -> float:
+    """The speed of a pre-processing worker beside a batch of ``b`` (``cpu_sharing.overlap``)."""
+    return log_interp(ov.preprocess_speed_by_batch, b) if ov.preprocess_speed_by_batch else ov.preprocess_speed
+
+
+def pre_busy_share(sc, rate: float, b: int = 1) -> float:
+    """Share of time a batch of ``b`` has pre-processing running beside it at ``rate``: the pool's
+    busy workers (each slowed while it overlaps), at most 1 (an upper bound with several workers)."""
     pre, ov = sc.service.preprocess, sc.service.cpu_sharing.overlap
-    return busy_share(decoded_rps(sc, rate), pre.ms, ov.preprocess_speed)
+    return busy_share(decoded_rps(sc, rate), pre.ms, preprocess_speed(ov, b))
 
 
 def busy_share(decoded_rps_: float, preprocess_ms: float, preprocess_speed: float) -> float:
@@ -91,7 +96,7 @@ def overlap_factor(sc, rate: float, b: int) -> float:
     if not moment_to_moment(sc):
         return 1.0
     ov = sc.service.cpu_sharing.overlap
-    return overlap_slowdown(pre_busy_share(sc, rate), log_interp(ov.model_speed, b))
+    return overlap_slowdown(pre_busy_share(sc, rate, b), log_interp(ov.model_speed, b))
 
 
 def overlap_slowdown(busy_share: float, model_speed: float) -> float:
@@ -165,19 +170,21 @@ def engine_curve_ms(sc) -> dict[int, float]:
 def sustainable_rps(sc, bound_at) -> float:
     """Highest offered rate the model keeps up with when it shares the cores.
 
-    ``bound_at(curve)`` is the model's throughput bound (requests/s) for a compute curve; the
-    answer is the rate where that bound, with the curve slowed at that rate, equals the rate
-    (found by bisection: the bound only falls as the rate rises)."""
+    ``bound_at(curve)`` is the model's throughput bound (requests/s) for a curve of the time an
+    instance is held per batch (the compute time and ``service.batch_overhead_ms``); the answer is
+    the rate where that bound, with the compute slowed at that rate, equals the rate (found by
+    bisection: the bound only falls as the rate rises)."""
     curve = sc.service.curve_ms()
+    held = sc.service.batch_overhead_ms
     if not active(sc):
-        return bound_at(curve)
+        return bound_at({b: ms + held for b, ms in curve.items()})
     cs = sc.service.cpu_sharing
 
     def bound(rate: float) -> float:
         load = decoded_rps(sc, rate) * spread_ms(sc) / 1000.0
-        return bound_at({b: ms * factor(cs, load, b) * overlap_factor(sc, rate, b) for b, ms in curve.items()})
+        return bound_at({b: ms * factor(cs, load, b) * overlap_factor(sc, rate, b) + held for b, ms in curve.items()})
 
-    lo, hi = 0.0, bound_at(curve)  # never above the model's own bound
+    lo, hi = 0.0, bound_at({b: ms + held for b, ms in curve.items()})  # never above the model's own bound
     if bound(hi) >= hi:
         return hi
     for _ in range(60):
@@ -200,7 +207,9 @@ def describe(sc) -> str | None:
     if moment_to_moment(sc):
         ov = cs.overlap
         speeds = ", ".join(f"b{b} x{v:g}" for b, v in sorted(ov.model_speed.items()))
+        worker = (", ".join(f"b{b} x{v:g}" for b, v in sorted(ov.preprocess_speed_by_batch.items()))
+                  if ov.preprocess_speed_by_batch else f"x{ov.preprocess_speed:g}")
         return (f"pre-processing and batches share the {cs.cores} cores moment to moment (a batch beside "
-                f"pre-processing runs at {speeds} of its speed, the worker at x{ov.preprocess_speed:g}); "
+                f"pre-processing runs at {speeds} of its speed, the worker at {worker}); "
                 f"the rest of the server's work keeps {load:.2f} cores busy; on average the model runs {span} slower")
     return f"the server's own work keeps {load:.2f} of {cs.cores} cores busy; the model runs {span} slower"

@@ -57,3 +57,16 @@ def test_the_scenario_takes_the_loaded_overhead_less_the_responses():
     assert event_loop.overhead_stage({**host, "response_ms": None})["overhead_ms"] == pytest.approx(8.5)
     assert event_loop.overhead_stage({"other_ms": 7.0}) is None  # an older calibration: the noop run's overhead
     assert event_loop.overhead_stage(None) is None
+
+
+def test_the_batch_overhead_is_read_and_taken_out_of_other():
+    # the server counts the hand-over to the instance's thread in other; the scenario holds the
+    # instance for it instead, so the per-request overhead is other less it
+    rows = [{**row(11.0, 8.0, 2.0, 30.0, 48.0), P.H_BATCH_OVERHEAD: v} for v in (1.0, 1.2, 1.4, 1.6) * 25]
+    got = event_loop.loaded(rows, np.full(100, 6.0), 10.0, 1)
+    assert got["batch_overhead_ms"] == pytest.approx(1.3)
+    host = {"other_ms": 7.0, "other_cv": 0.6, "handoff_loaded_ms": 1.5, "response_ms": 1.2, "batch_overhead_ms": 1.3}
+    stage = event_loop.overhead_stage(host)
+    assert stage["overhead_ms"] == pytest.approx(7.0 - 1.3 + 1.5 - 1.2) and stage["batch_overhead_ms"] == 1.3
+    older = [{k: v for k, v in r.items() if k != P.H_BATCH_OVERHEAD} for r in rows]   # a server without the header
+    assert "batch_overhead_ms" not in event_loop.loaded(older, np.full(100, 6.0), 10.0, 1)

@@ -82,8 +82,10 @@ def test_server_batches_and_reports_timings(jpegs):
             for name in P.TIMING_HEADERS:
                 assert name in h, name
             total = float(h[P.H_SERVER_TOTAL])
-            parts = float(h[P.H_PREPROCESS]) + float(h[P.H_QUEUE_WAIT]) + float(h[P.H_COMPUTE])
+            parts = (float(h[P.H_PREPROCESS]) + float(h[P.H_QUEUE_WAIT]) + float(h[P.H_COMPUTE])
+                     + float(h[P.H_BATCH_OVERHEAD]))
             assert parts <= total + 0.5  # the parts fit inside the server's total
+            assert 0 <= float(h[P.H_BATCH_OVERHEAD]) < 50  # the hops to the instance's thread and back: short
             assert float(h[P.H_QUEUE_WAIT]) <= 20 + 30  # never much past the 20 ms window (one instance busy)
             assert b'"top5"' in body
         m = _metrics(srv.url)

@@ -165,3 +165,62 @@ def test_a_spread_the_overlaps_already_make_keeps_the_co_runs():
 def test_cv_leaves_one_stall_out():
     times = np.r_[np.full(50, 30.0), np.full(49, 36.0), 500.0]
     assert cv(times) == pytest.approx(np.std(times[:-1]) / np.mean(times[:-1]))
+
+
+# --------------------------------------------------------------------------- the decode's speed
+
+CORUN_BY_SIZE = {**CORUN, "preprocess_speed": 0.8, "preprocess_speed_by_batch": {1: 0.7, 8: 0.8}}
+
+
+def host_with_decode(decode_ms: float, corun: dict = CORUN_BY_SIZE) -> dict:
+    host = {"profile_b1_ms": 27.0, "rate_rps": HEAVY, "compute_cv": 0.25, "decode_ms": decode_ms,
+            "compute_b1_ms": 33.0, "compute_ratio": 33.0 / 27.0}
+    share_cores(host, OVERHEAD, threads=2, instances=1, cores=2, corun=corun)
+    return host
+
+
+def test_the_decode_fit_scales_every_sizes_extra_time_by_one_strength():
+    # a stand-in simulation whose decode spends 60 % of its time beside a batch of 1: the measured
+    # 7.5 x (1 + 0.6 x 1) ms is a decode at x0.5 there, 1/0.5 - 1 = 1 against the co-run's 1/0.7 - 1
+    from capsim.validate.server_fit import decode_speed_b1, fit_decode_speed, sharing_slowdown
+
+    host = host_with_decode(7.5 * 1.6)
+    product = host["compute_ratio_alone"] * host["calibration_slowdown"]   # the measured ratio, kept
+
+    def simulated(h):
+        return 7.5 * (1.0 + 0.6 * (1.0 / decode_speed_b1(h["sharing"]["overlap"]) - 1.0))
+
+    fit_decode_speed(host, OVERHEAD, simulated)
+    strength = 1.0 / (1.0 / 0.7 - 1.0)
+    assert host["decode_strength"] == pytest.approx(strength, rel=1e-3)
+    assert host["sharing"]["overlap"]["preprocess_speed_by_batch"] == {
+        1: pytest.approx(0.5, abs=1e-4), 8: pytest.approx(scaled_speed(0.8, strength), abs=1e-4)}
+    assert "preprocess_speed" not in host["sharing"]["overlap"]
+    # the slower decode overlaps more: the batch-1 ratio is divided by the slowdown at the new speeds
+    assert host["calibration_slowdown"] == pytest.approx(sharing_slowdown(host, OVERHEAD, 1.0, HEAVY))
+    assert host["compute_ratio_alone"] * host["calibration_slowdown"] == pytest.approx(product)
+    assert host["corun"]["preprocess_speed_by_batch"] == {1: 0.7, 8: 0.8}   # the measurement itself is kept
+
+
+def test_a_decode_no_slower_than_alone_runs_at_full_speed():
+    from capsim.validate.server_fit import fit_decode_speed
+
+    host = host_with_decode(7.0)    # faster than the noop run's 7.5: no slowdown to fit
+    fit_decode_speed(host, OVERHEAD, lambda h: pytest.fail("nothing to simulate"))
+    assert host["decode_strength"] == 0.0
+    assert host["sharing"]["overlap"]["preprocess_speed_by_batch"] == {1: 1.0, 8: 1.0}
+
+
+def test_the_fitted_decode_takes_in_the_simulation_what_the_server_measured():
+    # the real SimPy engine at the calibration rate: its mean decode is the measured one
+    from capsim.validate.server_fit import fit_decode_speed
+    from capsim.validate.validate import b1_simulation, decode_ms
+
+    host = host_with_decode(14.0, corun=CORUN)    # an older co-run: one speed (x0.5) for every size
+    assert decode_ms(*b1_simulation(PROFILE, OVERHEAD, host, 1, 1, seed=5)) < 13.0
+    fit_decode_speed(host, OVERHEAD, lambda h: decode_ms(*b1_simulation(PROFILE, OVERHEAD, h, 1, 1, seed=5)))
+    assert host["decode_strength"] > 1.0
+    assert decode_ms(*b1_simulation(PROFILE, OVERHEAD, host, 1, 1, seed=6)) == pytest.approx(14.0, rel=0.03)
+    sc = scenario_for(PROFILE, OVERHEAD, 4, 5.0, 1, 1, 10.0, 1, host)
+    assert sc.service.cpu_sharing.overlap.preprocess_speed_by_batch == host["sharing"]["overlap"][
+        "preprocess_speed_by_batch"]   # the cells run with it

@@ -51,6 +51,30 @@ def test_a_timeline_by_hand():
     assert tr.extras["preprocess_start"] * 1000 == pytest.approx([0, 15, 35])
 
 
+def test_a_decode_runs_at_the_speed_beside_the_size_of_the_batch_beside_it():
+    # decode 10 ms alone, two workers; batches 16 ms (1) and 30 ms (2), never slowed; a decode runs at
+    # x0.5 beside a batch of 1 and x0.25 beside a batch of 2. Three arrivals at 0:
+    #  0-10    r0 and r1 decode alone; both enter at 10, and their batch of 2 runs 10-40
+    # 10-42.5  r2 decodes beside it: 30 ms at x0.25 is 7.5 ms of work, the last 2.5 alone
+    # 42.5-58.5 r2's batch of 1
+    eng = make_engine(scenario(**{
+        "service.preprocess": {"ms": 10.0, "workers": 2},
+        "service.batch_latency_ms": {1: 16.0, 2: 30.0},
+        "batching.max_batch_size": 2,
+        "service.cpu_sharing.overlap": {"model_speed": {1: 1.0}, "preprocess_speed_by_batch": {1: 0.5, 2: 0.25}}}))
+    tr = eng.run(stream([0.0, 0.0, 0.0]), np.random.default_rng(0))
+    assert tr.entry * 1000 == pytest.approx([10, 10, 42.5])
+    assert tr.start * 1000 == pytest.approx([10, 10, 42.5])
+    assert tr.end * 1000 == pytest.approx([40, 40, 58.5])
+    # one speed for every size (x0.5) would have finished r2's decode beside the batch, at 30
+    one = make_engine(scenario(**{
+        "service.preprocess": {"ms": 10.0, "workers": 2},
+        "service.batch_latency_ms": {1: 16.0, 2: 30.0},
+        "batching.max_batch_size": 2,
+        "service.cpu_sharing.overlap": {"model_speed": {1: 1.0}, "preprocess_speed": 0.5}}))
+    assert one.run(stream([0.0, 0.0, 0.0]), np.random.default_rng(0)).entry[2] * 1000 == pytest.approx(30)
+
+
 def test_at_full_speed_it_is_the_ordinary_engine():
     # speeds of 1 change nothing: the same requests leave at the same nanosecond as without sharing
     common = {"service.preprocess": {"ms": 8.0, "workers": 2},
@@ -105,6 +129,10 @@ def test_the_fast_engine_refuses_it_in_one_line():
     ({"service.cpu_sharing.overlap.model_speed": {1: 1.5}}, "service.cpu_sharing.overlap.model_speed.1"),
     ({"service.cpu_sharing.overlap.model_speed": {0: 0.5}}, "service.cpu_sharing.overlap.model_speed.0"),
     ({"service.cpu_sharing.overlap": {"preprocess_speed": 0.5}}, "service.cpu_sharing.overlap.preprocess_speed"),
+    ({"service.cpu_sharing.overlap": {"preprocess_speed_by_batch": {1: 0.5}}},
+     "service.cpu_sharing.overlap.preprocess_speed_by_batch: needs model_speed"),
+    ({"service.cpu_sharing.overlap.preprocess_speed_by_batch": {2: 0.0}},
+     "service.cpu_sharing.overlap.preprocess_speed_by_batch.2: must be in"),
     ({"service.preprocess": None}, "service.cpu_sharing.overlap: needs a pre-processing pool"),
     ({"batching.mode": "timer"}, "service.cpu_sharing.overlap: not modelled with batching.mode timer"),
     ({"service.cpu_sharing.slowdown_per_core": {1: 0.2}, "service.cpu_sharing.model_cores": 0},
@@ -129,7 +157,7 @@ def test_validate_predicts_with_the_co_run():
     k = (1 / 0.9) * (2 / 1.94)
     assert host["calibration_slowdown"] == pytest.approx(k)
     assert host_ratio(host, 1) == pytest.approx(30.0 / 27.0 / k)
-    assert host["sharing"]["overlap"] == {"model_speed": {1: 0.5, 8: 0.6}, "preprocess_speed": 0.7}
+    assert host["sharing"]["overlap"] == {"model_speed": {1: 0.5, 8: 0.6}, "preprocess_speed_by_batch": {1: 0.7}}
     sc = scenario_for(BASE_PROFILE, {"overhead_ms": 3.0, "preprocess_ms": 7.0}, 8, 10.0, 1, 1, 20.0, 1, host)
     assert host_cpu.moment_to_moment(sc)
     assert sc.service.preprocess.ms == 7.0                 # the decode alone, not the 9 ms beside the model
@@ -156,3 +184,7 @@ def test_co_run_times_a_real_decode_beside_a_model():
     assert 3.9 <= out["model_alone_ms"][1] < 8.0
     assert all(0 < v <= 1 for v in out["model_speed"].values())
     assert out["decode_alone_ms"] > 0 and 0.4 < out["preprocess_speed"] <= 1.0
+    # the decode was timed beside each size, the largest's speed kept as the one for every size
+    assert set(out["preprocess_speed_by_batch"]) == {1, 2}
+    assert all(0.4 < v <= 1.0 for v in out["preprocess_speed_by_batch"].values())
+    assert out["preprocess_speed"] == out["preprocess_speed_by_batch"][2]

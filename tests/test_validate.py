@@ -49,7 +49,12 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     # the co-run timed batches of 1 and 8 beside the decode: the cores are shared moment to moment
     overlap = host["sharing"]["overlap"]
     assert set(overlap["model_speed"]) == {1, 8} and v.settings["overlap"]
-    assert all(0 < x <= 1 for x in [*overlap["model_speed"].values(), overlap["preprocess_speed"]])
+    assert all(0 < x <= 1 for x in [*overlap["model_speed"].values(), *overlap["preprocess_speed_by_batch"].values()])
+    # the decode was timed beside each of those sizes, and its speeds fitted so that the simulated
+    # decode at the calibration rate takes what the server measured
+    assert set(host["corun"]["preprocess_speed_by_batch"]) == {1, 8}
+    assert set(overlap["preprocess_speed_by_batch"]) == {1, 8} and host["decode_strength"] >= 0
+    assert "in the server the decode beside a batch runs at" in table(v)
     # batch 1 was timed at a light rate too, and the share of the co-run's slowdown fitted from the two
     assert 0 < host["rate_light_rps"] < host["rate_rps"] and host["compute_ratio_light"] > 0
     assert 0.0 <= host["overlap_strength"] <= 1.0 and v.settings["overlap_strength"] == host["overlap_strength"]
@@ -83,16 +88,19 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     # measured under load in the batch-1 calibration: other's spread and the hand-off from the decode
     # thread; from the full batches of 8, the event loop's time per response
     assert 0 < host["other_cv"] < 5 and host["handoff_loaded_ms"] >= 0 and host["response_ms"] >= 0
+    # and how long each batch held its instance beyond the model's run, which leaves other
+    assert 0 <= host["batch_overhead_ms"] < 50
     from capsim.validate.event_loop import overhead_stage
 
     outside = overhead_stage(host)
+    held = host["batch_overhead_ms"]
     assert outside["overhead_ms"] == pytest.approx(
-        max(host["other_ms"] + host["handoff_loaded_ms"] - host["response_ms"], 0.01))
+        max(max(host["other_ms"] - held, 0.0) + host["handoff_loaded_ms"] - host["response_ms"], 0.01))
     assert "outside the model there: other" in table(v)
     for c in v.cells:
         # the overhead plus the responses, one after another; the hand-off counted where the server counts it
         p, m, _ = c.stages["other"]
-        assert p >= outside["overhead_ms"] + outside["response_ms"] - outside["handoff_ms"] - 1e-3
+        assert p >= outside["overhead_ms"] + outside["response_ms"] - outside["handoff_ms"] + held - 1e-3
         assert 0 < m < c.measured["p99"]
         assert c.stages["preprocess"][0] >= c.stages["decode"][0] + outside["handoff_ms"] - 1e-3
         assert set(c.stages_p95) == {"preprocess", "queue_wait", "compute", "other"}
@@ -109,6 +117,7 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     assert sc.service.overhead_cv == pytest.approx(outside["overhead_cv"], abs=1e-4) and sc.service.overhead_cv > 0
     assert sc.service.postprocess.ms == pytest.approx(outside["response_ms"], abs=1e-4)
     assert sc.service.postprocess.workers == (1 if outside["response_ms"] > 0 else 0)
+    assert sc.service.batch_overhead_ms == pytest.approx(held, abs=1e-4)
     assert scenario_for(tiny_profile, v.overhead, 1, 0.0, 1, 1, 10.0, 1, host,
                         decode_spread=False).service.preprocess.cv == 0.0
     b1 = [c for c in v.cells if c.max_batch_size == 1]

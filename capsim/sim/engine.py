@@ -94,6 +94,7 @@ class SimPyEngine:
         self.sampler = variability_sampler(scenario.service.variability)
         idle = scenario.service.after_idle
         self.idle_extra_ns, self.idle_tau_ns = idle.extra_ms * 1e6, idle.tau_ms * 1e6
+        self.held_ns = round(scenario.service.batch_overhead_ms * 1e6)  # per batch, beyond the model's run
         self.empirical = None
         if scenario.service.variability.distribution == "empirical":
             self.empirical = empirical_ratios(scenario.service.loaded_profile.samples_ms(), self.curve)
@@ -195,7 +196,8 @@ class _Run:
         self.q.entry_at = [INF] * len(order)
         ov = sc.service.cpu_sharing.overlap
         speeds = [1.0] + [host_cpu.log_interp(ov.model_speed, b) for b in range(1, sc.batching.max_batch_size + 1)]
-        self.cores = SharedCores(self.env, speeds, ov.preprocess_speed, self._on_shared_done)
+        pre_speeds = [1.0] + [host_cpu.preprocess_speed(ov, b) for b in range(1, sc.batching.max_batch_size + 1)]
+        self.cores = SharedCores(self.env, speeds, pre_speeds, self._on_shared_done)
         pre = sc.service.preprocess
         self.pre_start = np.full(len(self.arrival_ns), -1, np.int64)
         work = pre.ms * 1e6 if self.pre_ns is None else self.pre_ns.astype(np.float64)
@@ -310,6 +312,8 @@ class _Run:
             dt = round(eng.mean_ns[b] * m * eng.contention[on_device])
         if eng.idle_extra_ns:  # the instance's threads and caches went cold while it waited
             dt += round(eng.idle_extra_ns * (1.0 - math.exp(-(now - self.idle_since[inst]) / eng.idle_tau_ns)))
+        work = dt  # the model's run; the instance is held the batch overhead besides
+        dt += eng.held_ns
         self.b_dispatch.append(now)
         self.b_end.append(-1 if self.shared else now + dt)  # shared cores: known when it ends
         self.b_size.append(b)
@@ -319,7 +323,11 @@ class _Run:
         else:
             self.b_mark.append(self.idle_since[inst])
         if self.shared:  # its work alone; the speed it runs at changes as pre-processing comes and goes
-            self.cores.start(("b", len(self.b_end) - 1, inst), dt, b)
+            key = ("b", len(self.b_end) - 1, inst)
+            if eng.held_ns:  # the hand-over to the instance's thread comes first and takes no share of the cores
+                self.env.timeout(eng.held_ns).callbacks.append(lambda _ev: self.cores.start(key, work, b))
+            else:
+                self.cores.start(key, work, b)
             return
         if self.scaler is not None:
             self.scaler.batch(inst, now, now + dt)

@@ -343,7 +343,7 @@ def _expire_lanes(status, drop_reason, drop_t, entry, qlen, t, src, src_count, p
 
 
 @njit(cache=True)
-def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, mean_ns, contention,
+def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, mean_ns, held_ns, contention,
               mult, use_mult, emp, emp_len, status, drop_reason, drop_t, batch_of,
               b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, n_src, arr_q, deadline, dispatch, K, n_dev,
               lvl, lcap, ldrop, lto):
@@ -584,9 +584,9 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
                 mpos += 1
                 if emp.shape[0] > 0:  # m is a uniform draw: pick a measured sample of this size
                     m = emp[k, int(m * emp_len[k])]
-                dt = np.int64(np.rint(mean_ns[k] * m * contention[busy]))
+                dt = np.int64(np.rint(mean_ns[k] * m * contention[busy])) + held_ns
             else:
-                dt = np.int64(np.rint(mean_ns[k] * contention[busy]))
+                dt = np.int64(np.rint(mean_ns[k] * contention[busy])) + held_ns
             b_dispatch[nb] = now
             b_end[nb] = now + dt
             b_size[nb] = k
@@ -625,7 +625,7 @@ def _simulate(entry, timer, B, D, preferred, max_size, drop_oldest, timeout, N, 
 
 
 @njit(cache=True)
-def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mult, emp, emp_len,
+def _triton_direct(entry, B, D, preferred, N, mean_ns, held_ns, contention, mult, use_mult, emp, emp_len,
                    batch_of, b_dispatch, b_end, b_size, b_inst, b_mark, dispatch, K, n_dev):
     """_simulate for triton batching with no queue cap and no timeout, without an event queue.
 
@@ -698,9 +698,9 @@ def _triton_direct(entry, B, D, preferred, N, mean_ns, contention, mult, use_mul
             mpos += 1
             if emp.shape[0] > 0:
                 m = emp[k, int(m * emp_len[k])]
-            dt = np.int64(np.rint(mean_ns[k] * m * contention[busy]))
+            dt = np.int64(np.rint(mean_ns[k] * m * contention[busy])) + held_ns
         else:
-            dt = np.int64(np.rint(mean_ns[k] * contention[busy]))
+            dt = np.int64(np.rint(mean_ns[k] * contention[busy])) + held_ns
         if dt <= 0:
             return -1
         b_dispatch[nb] = t
@@ -810,6 +810,7 @@ class FastEngine:
         b = scenario.batching
         self.curve = ServiceCurve(host_cpu.effective_curve_ms(scenario), b.max_batch_size)
         self.mean_ns = np.ascontiguousarray(self.curve.seconds * NS, dtype=np.float64)
+        self.held_ns = np.int64(round(scenario.service.batch_overhead_ms * 1e6))  # per batch, beyond the model's run
         # Indexed by the busy instances on the batch's device, as in the SimPy engine.
         self.contention = np.ascontiguousarray(contention_table(scenario.service, busy_per_device(scenario)),
                                                dtype=np.float64)
@@ -891,7 +892,7 @@ class FastEngine:
         nb = -1
         if self.direct:
             nb = _triton_direct(entry_q, b.max_batch_size, self.delay_ns, self.preferred, sc.instances, self.mean_ns,
-                                self.contention, mult, self.sampler is not None, self.emp, self.emp_len,
+                                self.held_ns, self.contention, mult, self.sampler is not None, self.emp, self.emp_len,
                                 batch_of, b_dispatch, b_end, b_size, b_inst, b_mark, self.dispatch,
                                 self.per_device, self.n_dev)
             if nb < 0:
@@ -904,7 +905,7 @@ class FastEngine:
             lvl = (arrivals.priority if order is None else arrivals.priority[order]).astype(np.int64)
             nb = _simulate(entry_q, b.mode == "timer", b.max_batch_size, self.delay_ns,
                            self.preferred, qc.max_size, qc.on_full == "drop_oldest", self.timeout_ns,
-                           sc.instances, self.mean_ns, self.contention, mult, self.sampler is not None,
+                           sc.instances, self.mean_ns, self.held_ns, self.contention, mult, self.sampler is not None,
                            self.emp, self.emp_len, status, drop_reason, drop_t, batch_of,
                            b_dispatch, b_end, b_size, b_inst, b_mark, src, pcap, max(arrivals.n_sources, 1),
                            arr_q, self.deadline_ns, self.dispatch, self.per_device, self.n_dev,

@@ -9,8 +9,9 @@ predicts too thin a tail.
 
 :class:`SharedCores` holds the jobs running now (one request's pre-processing, or one batch),
 each with its remaining work in nanoseconds of its time alone. A batch progresses at 1, or at
-``model_speed(b)`` while any pre-processing job runs; a pre-processing job at 1, or at
-``preprocess_speed`` while any batch runs. Whenever a job starts or ends every remaining amount
+``model_speed(b)`` while any pre-processing job runs; a pre-processing job at 1, or while
+batches run at the lowest ``preprocess_speed(b)`` of their sizes (a runtime's threads take more
+of the cores from a decode beside some batch sizes than others). Whenever a job starts or ends every remaining amount
 is brought up to date and the next completion is scheduled again.
 """
 
@@ -30,21 +31,22 @@ class SharedCores:
     """The jobs on the shared cores and their speeds; ``on_done(keys)`` gets the keys that ended
     at one instant (pre-processing jobs are ``("p", request)``, batches ``("b", batch, instance)``)."""
 
-    def __init__(self, env, model_speed: list[float], preprocess_speed: float, on_done):
+    def __init__(self, env, model_speed: list[float], preprocess_speed: list[float], on_done):
         self.env = env
         self.model_speed = model_speed    # by batch size
-        self.pre_speed = preprocess_speed
+        self.pre_speeds = preprocess_speed  # by the size of the batch beside it
         self.on_done = on_done
         self.jobs: dict[tuple, list] = {}  # key -> [work left (ns alone), batch size (0: pre-processing)]
         self.n_pre = 0
         self.n_batch = 0
+        self.pre_speed = 1.0  # pre-processing's speed now: 1, or the slowest beside the batches running
         self.last = 0
         self.gen = 0                       # a scheduled completion is stale once a newer one exists
 
     def _speed(self, b: int) -> float:
         if b:
             return self.model_speed[b] if self.n_pre else 1.0
-        return self.pre_speed if self.n_batch else 1.0
+        return self.pre_speed
 
     def _advance(self) -> None:
         dt = self.env.now - self.last
@@ -59,9 +61,14 @@ class SharedCores:
         self.jobs[key] = [float(work_ns), batch_size]
         if batch_size:
             self.n_batch += 1
+            self._batches_changed()
         else:
             self.n_pre += 1
         self._schedule()
+
+    def _batches_changed(self) -> None:
+        sizes = [b for _, b in self.jobs.values() if b]
+        self.pre_speed = min((self.pre_speeds[b] for b in sizes), default=1.0)
 
     def _schedule(self) -> None:
         self.gen += 1
@@ -76,11 +83,15 @@ class SharedCores:
             return
         self._advance()
         done = sorted(k for k, (w, _) in self.jobs.items() if w < _DONE_NS)
+        ended_batch = False
         for k in done:
             if self.jobs.pop(k)[1]:
                 self.n_batch -= 1
+                ended_batch = True
             else:
                 self.n_pre -= 1
+        if ended_batch:
+            self._batches_changed()
         self._schedule()
         self.on_done(done)
 

@@ -5,7 +5,9 @@ fair share of the cores would slow a 2-thread model on 2 cores by 1.5x beside on
 whose threads meet at a barrier after every operator lose far more (one stalled thread holds up
 the batch). This measures it directly, in this process, with the server's own model runner and
 decode function: the model alone, then beside ``decoders`` threads that decode without pause,
-and the decode alone, then beside a model that runs without pause. The ratios are the speeds of
+and the decode alone, then beside a batch of each size that runs without pause (a runtime's
+threads take more of the cores from a decode beside small batches: on the 2-core VM resnet18's
+batch 1 left it about x0.5, batch 8 about x0.7). The ratios are the speeds of
 ``service.cpu_sharing.overlap``. Alone and beside alternate in short rounds, so that a machine
 whose speed drifts (a VM's neighbours) slows both sides alike instead of one.
 """
@@ -56,7 +58,7 @@ def _alternate(main, other, seconds: float, rounds: int, threads: int = 1) -> tu
 def measure(host, body: bytes, content_type: str, sizes, seconds: float = 3.0, decoders: int = 1, say=None,
             rounds: int = 4) -> dict:
     """Speeds of a batch of each size in ``sizes`` beside ``decoders`` busy decode threads, and of
-    one decode beside a busy batch of the largest size, each as (median alone) / (median beside),
+    one decode beside a busy batch of each size, each as (median alone) / (median beside),
     ``seconds`` alone and as long beside, in ``rounds`` alternating rounds. ``host`` is the
     server's :class:`~capsim.validate.server.ModelHost` (instance 0 is used)."""
     from capsim.validate.server import timed_decode
@@ -80,10 +82,16 @@ def measure(host, body: bytes, content_type: str, sizes, seconds: float = 3.0, d
         alone_ms[b], beside_ms[b] = float(np.median(alone)), float(np.median(beside))
         model_speed[b] = min(1.0, alone_ms[b] / beside_ms[b])
         cv[b] = float(np.std(alone) / np.mean(alone))
-    big = x_by_b[max(x_by_b)]
-    decode_alone, decode_beside = _alternate(decode, lambda: host.run(0, big)[1], seconds, rounds)
-    d_alone, d_beside = float(np.median(decode_alone)), float(np.median(decode_beside))
-    return {"model_speed": model_speed, "preprocess_speed": min(1.0, d_alone / d_beside),
+    d_alone, d_beside, pre_speed = {}, {}, {}
+    for b, x in x_by_b.items():
+        if say:
+            say(f"co-run: the decode alone and beside batch {b}, in turns ({2 * seconds:g} s)")
+        decode_alone, decode_beside = _alternate(decode, lambda x=x: host.run(0, x)[1], seconds, rounds)
+        d_alone[b], d_beside[b] = float(np.median(decode_alone)), float(np.median(decode_beside))
+        pre_speed[b] = min(1.0, d_alone[b] / d_beside[b])
+    big = max(x_by_b)
+    return {"model_speed": model_speed, "preprocess_speed": pre_speed[big], "preprocess_speed_by_batch": pre_speed,
             "model_alone_ms": alone_ms, "model_beside_ms": beside_ms, "model_alone_cv": cv,
-            "decode_alone_ms": d_alone, "decode_beside_ms": d_beside, "decoders": decoders,
-            "seconds": seconds}
+            "decode_alone_ms": d_alone[big], "decode_beside_ms": d_beside[big],
+            "decode_alone_by_batch_ms": d_alone, "decode_beside_by_batch_ms": d_beside,
+            "decoders": decoders, "seconds": seconds}

@@ -78,12 +78,14 @@ def run_speed(rows: list[dict], curve_ms: Callable[[int], float]) -> tuple[float
 
 
 def simulated_by_batch(sim) -> ByBatch:
-    """:func:`compute_by_batch` of a simulation's measured (non-warm-up, completed) requests."""
+    """:func:`compute_by_batch` of a simulation's measured (non-warm-up, completed) requests (the
+    model's run: without the batch overhead, which the server does not count in its compute time)."""
     out: dict[int, list] = {}
+    held = sim.scenario.service.batch_overhead_ms
     for tr in sim.traces:
         keep = tr.completed & ~tr.warmup
         sizes = tr.batch_size[keep].astype(int)
-        ms = (tr.end[keep] - tr.start[keep]) * 1000.0
+        ms = (tr.end[keep] - tr.start[keep]) * 1000.0 - held
         for b in np.unique(sizes):
             sel = sizes == b
             acc = out.setdefault(int(b), [0.0, 0])

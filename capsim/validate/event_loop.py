@@ -6,8 +6,11 @@ runtime's threads (measured with resnet18 on a 2-core VM at 18-20 rps: from the 
 the response leaving the server 1.9 ms against the noop run's 0.7 ms, the hand-off back from the
 decode thread 2.2-2.8 ms against 0.4 ms). The batch-1 calibration run measures it at its rate: the rest of each request's latency
 (``other``: HTTP both ways, the event loop, the client), its spread, and the hand-off from the
-decode thread beyond the wait for it. The full-batch run measures how long the event loop takes
-per response: the responses of one batch leave one after another, so the last of a batch of 8
+decode thread beyond the wait for it, and how long each batch holds its instance beyond the
+model's run (``X-Batch-Overhead-Ms``: the hand-over to the instance's thread and back, 0.8-1.6 ms
+at 7.6-17.8 rps, B=1, on the 2-core VM), which the server counts in ``other`` but which also
+keeps the next batch waiting. The full-batch run measures how long the event loop takes per
+response: the responses of one batch leave one after another, so the last of a batch of 8
 leaves 7 of those after the first.
 """
 
@@ -34,7 +37,11 @@ def loaded(ok: list[dict], other: np.ndarray, rate: float, workers: int) -> dict
     pre = np.array([r[P.H_PREPROCESS] for r in ok], dtype=float)
     dec = np.array([r[P.H_DECODE] for r in ok], dtype=float)
     wait = pool_wait_ms(rate, float(np.mean(dec)), server_fit.cv(dec), workers)
-    return {"other_cv": server_fit.cv(other), "handoff_loaded_ms": max(0.0, float(np.mean(pre - dec)) - wait)}
+    out = {"other_cv": server_fit.cv(other), "handoff_loaded_ms": max(0.0, float(np.mean(pre - dec)) - wait)}
+    held = [r[P.H_BATCH_OVERHEAD] for r in ok if r.get(P.H_BATCH_OVERHEAD) is not None]
+    if held:  # a server that reports it (older ones did not)
+        out["batch_overhead_ms"] = float(np.mean(server_fit.trimmed(held)))
+    return out
 
 
 def response_ms(ok: list[dict], b: int) -> float | None:
@@ -54,16 +61,19 @@ def response_ms(ok: list[dict], b: int) -> float | None:
 
 def overhead_stage(host: dict) -> dict | None:
     """What the scenario takes from those measurements: ``overhead_ms`` and ``overhead_cv`` (the
-    loaded ``other`` and hand-off, less the time per response), and the time per response as a
-    one-worker post-processing stage (so a batch's responses leave one after another). The
-    hand-off comes before the batcher in the server; in the scenario it is part of the overhead,
-    since a fixed delay before the queue delays everything behind it alike (``handoff_ms``:
-    the per-stage comparison moves it back). None for a calibration that did not measure them
-    (the noop run's overhead stands)."""
+    loaded ``other`` and hand-off, less the time per response and the batch overhead), the time
+    per response as a one-worker post-processing stage (so a batch's responses leave one after
+    another), and ``batch_overhead_ms`` (each batch holds its instance that long). The hand-off
+    comes before the batcher in the server; in the scenario it is part of the overhead, since a
+    fixed delay before the queue delays everything behind it alike (``handoff_ms``: the per-stage
+    comparison moves it back). None for a calibration that did not measure them (the noop run's
+    overhead stands)."""
     if host is None or "other_cv" not in host:
         return None
     resp = host.get("response_ms") or 0.0
-    mean = max(host["other_ms"] + host["handoff_loaded_ms"] - resp, 0.01)
+    held = host.get("batch_overhead_ms") or 0.0
+    other = max(host["other_ms"] - held, 0.0)   # the server counts the batch overhead in other
+    mean = max(other + host["handoff_loaded_ms"] - resp, 0.01)
     # the spread measured is other's; the hand-off adds to its mean, not (here) to its spread
     return {"overhead_ms": mean, "overhead_cv": host["other_cv"] * host["other_ms"] / mean, "response_ms": resp,
-            "handoff_ms": host["handoff_loaded_ms"]}
+            "handoff_ms": host["handoff_loaded_ms"], "batch_overhead_ms": held}

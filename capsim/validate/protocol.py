@@ -34,6 +34,8 @@ H_DECODE = "X-Decode-Ms"             # the decode itself (JPEG decode + resize +
 H_QUEUE_WAIT = "X-Queue-Wait-Ms"     # from entering the batcher's queue to its batch starting
 H_BATCH_SIZE = "X-Batch-Size"        # requests in the batch it ran in
 H_COMPUTE = "X-Batch-Compute-Ms"     # the batch's model run on its instance
+H_BATCH_OVERHEAD = "X-Batch-Overhead-Ms"  # the instance's time on the batch beyond the model run: handing
+                                          # the batch to its thread and the result back to the event loop
 H_POSTPROCESS = "X-Postprocess-Ms"   # turning this request's slice of the output into JSON
 H_SERVER_TOTAL = "X-Server-Total-Ms"  # from the request's body being read to the response being ready
 H_INSTANCE = "X-Instance"            # which model instance ran it
@@ -45,7 +47,8 @@ H_PRIORITY = "X-Priority"            # request and response: priority level, 0 =
 H_DEADLINE = "X-Deadline-Ms"         # request: this request's deadline from its arrival (0: none)
 H_FRAME_INDEX = "X-Frame-Index"      # request: the frame's index in its camera's stream
 
-TIMING_HEADERS = (H_PREPROCESS, H_DECODE, H_QUEUE_WAIT, H_BATCH_SIZE, H_COMPUTE, H_POSTPROCESS, H_SERVER_TOTAL, H_INSTANCE)
+TIMING_HEADERS = (H_PREPROCESS, H_DECODE, H_QUEUE_WAIT, H_BATCH_SIZE, H_COMPUTE, H_BATCH_OVERHEAD, H_POSTPROCESS,
+                  H_SERVER_TOTAL, H_INSTANCE)
 
 
 def infer_url(url: str) -> str:

@@ -381,7 +381,7 @@ class InferenceServer:
             self.by_level[level]["error"] += 1
             return web.json_response({"error": "inference_failed", "detail": outcome[1]}, status=500,
                                      headers={P.H_REQUEST_ID: rid, P.H_PRIORITY: str(level)})
-        _, out, compute_ms, size, inst, queue_wait_ms = outcome
+        _, out, compute_ms, size, inst, queue_wait_ms, held_ms = outcome
         t = time.perf_counter()
         result = postprocess(self.host.task, out)
         done = time.perf_counter()
@@ -395,6 +395,7 @@ class InferenceServer:
         headers = {P.H_PREPROCESS: f"{req.preprocess_ms:.4f}", P.H_DECODE: f"{req.decode_ms:.4f}",
                    P.H_QUEUE_WAIT: f"{queue_wait_ms:.4f}",
                    P.H_BATCH_SIZE: str(size), P.H_COMPUTE: f"{compute_ms:.4f}",
+                   P.H_BATCH_OVERHEAD: f"{held_ms:.4f}",
                    P.H_POSTPROCESS: f"{(done - t) * 1000.0:.4f}", P.H_SERVER_TOTAL: f"{total * 1000.0:.4f}",
                    P.H_INSTANCE: str(inst), P.H_REQUEST_ID: rid, P.H_PRIORITY: str(level)}
         return web.Response(text=json.dumps({"outputs": result}), content_type="application/json", headers=headers)
@@ -553,9 +554,12 @@ class InferenceServer:
             self.batcher.release(inst, end)
         self.in_flight -= 1
         self.wake.set()
+        # the instance was held from the batch's forming to now: the model run and the hops to its
+        # thread and back, which wait on the event loop (and on the cores) under load
+        held_ms = max(0.0, (end - started) * 1000.0 - compute_ms)
         for j, p in enumerate(batch):
             wait_ms = (started - p.entered) * 1000.0
-            p.key.fut.set_result(("error", err) if err else ("ok", out[j], compute_ms, k, inst, wait_ms))
+            p.key.fut.set_result(("error", err) if err else ("ok", out[j], compute_ms, k, inst, wait_ms, held_ms))
 
     # -- autoscaling
 

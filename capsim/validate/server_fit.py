@@ -1,5 +1,6 @@
 """What the server's batch-1 calibration runs fit: how strongly the overlap with the decode shows
-inside the server, and how widely the model's own batch times spread there.
+inside the server, how much a batch slows the decode there, and how widely the model's own batch
+times spread there.
 
 **Overlap strength.** The co-run (:mod:`capsim.validate.corun`) times a batch beside a decode
 that never pauses, the worst case. Inside the server the overlaps are shorter and more broken up,
@@ -14,6 +15,18 @@ model's speed alone then follows from either rate; the geometric mean of the two
 is the same number when ``s`` is not clamped. It is opt-in (``capsim validate --overlap-fit``):
 once the in-server times were read by their mean, the two rates differed on the 2-core VM by
 less than the machine drifts, and the fit came out 1.00 before the cells and 0.00 after them.
+
+**Decode speed.** The co-run times the decode beside a busy batch of each size, in a quiet
+process. Inside the server it ran slower: record p's batch-1 calibration measured 12.2 ms per
+decode against 7.3 ms alone, where the co-run's x0.78 (beside batch 8, the only size it then
+timed) gives about 8.7, and every cell's decode was predicted 10-26 % short, more at higher load.
+Timed inside the server (12.7 rps, B=1), decodes with no batch beside them took 8.0 ms and those
+wholly beside a batch 13.8 ms: x0.5. So the extra time of each size's co-run speed
+(``1 / speed - 1``) is scaled by one strength, the one that makes the simulated decode at the
+calibration rate take as long as the measured one. The simulated decode takes
+``alone x (1 + u x strength x extra(1))`` on average, ``u`` the share of it beside a batch; each
+round reads ``u`` off the last simulation and solves for the strength, which converges in two or
+three rounds (``u`` moves little).
 
 **Own spread.** With the cores shared moment to moment the engine makes part of the spread of
 batch times itself (a batch that overlaps a decode runs slower). The rest, the model's own
@@ -35,6 +48,9 @@ from capsim.validate import idle
 
 ITERATIONS = 40     # bisection steps on s in [0, 1]: 1e-12, far below the measurement
 SPREAD_ROUNDS = 4   # variance subtraction converges in 2-3 rounds; each is one short simulation
+DECODE_ROUNDS = 3   # the decode speed's fixed point: the share beside a batch moves little per round
+MIN_DECODE_SPEED = 0.1  # a decode 10x slower beside a batch is past anything measured: a bad run
+MIN_EXTRA = 0.01    # a co-run that found no slowdown still gets one to scale (1 % beside a batch)
 
 
 def scaled_speed(speed: float, strength: float) -> float:
@@ -50,7 +66,8 @@ def sharing_slowdown(host: dict, overhead: dict, strength: float, rate: float) -
     cs = CpuSharing(cores=sh["cores"], model_cores=sh["model_cores"], host_ms=sh["host_ms"])
     pre_ms = overhead["preprocess_ms"]
     v1 = host_cpu.log_interp({int(b): v for b, v in corun["model_speed"].items()}, 1)
-    k = host_cpu.overlap_slowdown(host_cpu.busy_share(rate, pre_ms, corun["preprocess_speed"]),
+    pre_speed = decode_speed_b1(sh["overlap"]) if sh.get("overlap") else corun["preprocess_speed"]
+    k = host_cpu.overlap_slowdown(host_cpu.busy_share(rate, pre_ms, pre_speed),
                                   scaled_speed(v1, strength))
     return k * host_cpu.factor(cs, rate * max(0.0, cs.host_ms - pre_ms) / 1000.0)
 
@@ -95,6 +112,60 @@ def fit(host: dict, overhead: dict) -> None:
     ov["model_speed"] = {int(b): round(scaled_speed(v, s), 4) for b, v in host["corun"]["model_speed"].items()}
     host["calibration_slowdown"] = sharing_slowdown(host, overhead, s, host["rate_rps"])  # as share_cores reports it
     host["compute_ratio_alone"] = math.sqrt(host["compute_ratio"] / k_hi * host["compute_ratio_light"] / k_lo)
+
+
+def fit_decode_speed(host: dict, overhead: dict, simulated_decode_ms) -> None:
+    """Set the overlap's decode speeds beside each batch size in ``host['sharing']``: the co-run's,
+    each with its extra time ``1 / speed - 1`` scaled by one strength (``host['decode_strength']``),
+    the one that makes ``simulated_decode_ms(host)`` (the simulated mean decode at the batch-1
+    calibration's rate, ms) match the measured ``host['decode_ms']``. A slower decode overlaps
+    more batches, so the mean slowdown the batch-1 ratio was divided by (``calibration_slowdown``)
+    is taken again at the new speeds. Needs a co-run; without one ``host`` is left as it is."""
+    ov = (host.get("sharing") or {}).get("overlap")
+    if not ov or "decode_ms" not in host:
+        return
+    base = corun_decode_speeds(host["corun"])
+    extra1 = max(1.0 / host_cpu.log_interp(base, 1) - 1.0, MIN_EXTRA)
+    alone, target = overhead["preprocess_ms"], host["decode_ms"]
+    strength = 1.0
+    if target <= alone:  # no slower than alone: the decode is never slowed
+        strength = 0.0
+    else:
+        for _ in range(DECODE_ROUNDS):
+            _set_decode_speeds(host, overhead, base, strength)
+            share = (simulated_decode_ms(host) / alone - 1.0) / (strength * extra1)  # u: the part beside a batch
+            if share <= 0.0:
+                break   # no decode ever ran beside a batch: the speed does not show
+            strength = min((target / alone - 1.0) / share, 1.0 / MIN_DECODE_SPEED - 1.0) / extra1
+    _set_decode_speeds(host, overhead, base, strength)
+    host["decode_strength"] = strength
+
+
+def corun_decode_speeds(corun: dict) -> dict[int, float]:
+    """The co-run's decode speed by the size of the batch beside it (older co-runs timed it beside
+    the largest batch only: that speed for every size)."""
+    by = corun.get("preprocess_speed_by_batch") or {1: corun["preprocess_speed"]}
+    return {int(b): float(v) for b, v in by.items()}
+
+
+def _set_decode_speeds(host: dict, overhead: dict, base: dict[int, float], strength: float) -> None:
+    """The overlap's decode speeds at ``strength``, with the batch-1 ratio's sharing slowdown taken again."""
+    k_old = host["calibration_slowdown"]
+    ov = host["sharing"]["overlap"]
+    ov.pop("preprocess_speed", None)
+    ov["preprocess_speed_by_batch"] = {b: round(scaled_speed(v, strength) if v < 1.0 else
+                                                1.0 / (1.0 + strength * MIN_EXTRA), 4) for b, v in base.items()}
+    k_new = sharing_slowdown(host, overhead, host.get("overlap_strength", 1.0), host["rate_rps"])
+    host["compute_ratio_alone"] *= k_old / k_new
+    host["calibration_slowdown"] = k_new
+
+
+def decode_speed_b1(overlap: dict) -> float:
+    """The decode's speed beside a batch of 1 in a ``cpu_sharing.overlap`` section (as a dict)."""
+    by = overlap.get("preprocess_speed_by_batch")
+    if by:
+        return host_cpu.log_interp({int(b): v for b, v in by.items()}, 1)
+    return overlap.get("preprocess_speed", 1.0)
 
 
 def cv(times) -> float:

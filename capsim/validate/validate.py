@@ -400,25 +400,34 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
                         "postprocess": {"ms": round(outside["response_ms"], 4),
                                         "workers": 1 if outside["response_ms"] > 0 else 0},
                         "overhead_ms": round(outside["overhead_ms"], 4),
-                        "overhead_cv": round(outside["overhead_cv"], 4)},
+                        "overhead_cv": round(outside["overhead_cv"], 4),
+                        "batch_overhead_ms": round(outside.get("batch_overhead_ms", 0.0), 4)},
             "batching": {"mode": "triton", "max_batch_size": b, "max_queue_delay_ms": d},
             "instances": instances,
             "run": {"requests": 20000, "warmup_requests": 2000, "replications": 3, "seed": seed}}
     return parse_scenario(data)
 
 
-def b1_service_times(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
-                     seed: int, requests: int = 8000) -> np.ndarray:
-    """The batch times (ms) the simulation gives a B=1 server at the batch-1 calibration's rate."""
+def b1_simulation(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
+                  seed: int, requests: int = 8000):
+    """(the simulation, its scenario) of a B=1 server at the batch-1 calibration's rate."""
     from dataclasses import replace
 
     from capsim.simulate import simulate
 
     sc = scenario_for(profile, overhead, 1, 0.0, instances, preprocess_workers, host["rate_rps"], seed, host)
     sc.run = replace(sc.run, requests=requests, warmup_requests=requests // 10, replications=1)
-    t = simulate(sc).traces[0]
+    return simulate(sc), sc
+
+
+def b1_service_times(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
+                     seed: int, requests: int = 8000) -> np.ndarray:
+    """The batch times (ms) the simulation gives a B=1 server at the batch-1 calibration's rate."""
+    sim = b1_simulation(profile, overhead, host, instances, preprocess_workers, seed, requests)[0]
+    t = sim.traces[0]
     keep = t.completed & ~t.warmup
-    return (t.end - t.start)[keep] * 1000.0
+    # the model's run, as the server times it: without the batch overhead
+    return (t.end - t.start)[keep] * 1000.0 - sim.scenario.service.batch_overhead_ms
 
 
 def share_cores(host: dict, overhead: dict, threads: int | None, instances: int, cores: int | None = None,
@@ -443,7 +452,9 @@ def share_cores(host: dict, overhead: dict, threads: int | None, instances: int,
     host["sharing"] = {"cores": cs.cores, "model_cores": cs.model_cores, "host_ms": cs.host_ms}
     if corun:
         speeds = {int(b): round(v, 4) for b, v in corun["model_speed"].items()}
-        host["sharing"]["overlap"] = {"model_speed": speeds, "preprocess_speed": round(corun["preprocess_speed"], 4)}
+        # the decode's speed by the size of the batch beside it (an older co-run: beside the largest only)
+        host["sharing"]["overlap"] = {"model_speed": speeds, "preprocess_speed_by_batch": {
+            b: round(v, 4) for b, v in server_fit.corun_decode_speeds(corun).items()}}
         host["corun"] = {**corun, "alone_cv": float(np.median(list(corun["model_alone_cv"].values())))}
         k = server_fit.sharing_slowdown(host, overhead, 1.0, rate)   # the co-run as measured
     else:
@@ -479,7 +490,7 @@ def measure_corun(model: str, backend: str, threads: int | None, shape, payload:
     if speeds:
         say("co-run: a batch beside the decode runs at " + ", ".join(
             f"b{b} x{v:.2f}" for b, v in speeds["model_speed"].items())
-            + f", the decode at x{speeds['preprocess_speed']:.2f}")
+            + ", the decode at " + _speeds(server_fit.corun_decode_speeds(speeds)))
     if idle_fit:
         measured = ", ".join(f"{g:g} ms: {e:+.2f}" for g, e in zip(idle_fit["gaps_ms"], idle_fit["measured_extra_ms"]))
         say(f"after idle: a batch of 1 takes +{idle_fit['extra_ms']:.2f} ms x (1 - exp(-idle / "
@@ -522,7 +533,11 @@ def _sharing_text(host: dict) -> str:
         o = s["overlap"]
         text += ("; co-run: a batch beside the decode runs at " + ", ".join(
             f"b{b} x{v:.2f}" for b, v in sorted((host.get("corun") or o)["model_speed"].items(), key=lambda i: int(i[0])))
-            + f" of its speed, the decode at x{o['preprocess_speed']:.2f}")
+            + " of its speed, the decode at " + _speeds(server_fit.corun_decode_speeds(host["corun"])))
+        if host.get("decode_strength") is not None:
+            text += (f"; in the server the decode beside a batch runs at "
+                     f"{_speeds(o['preprocess_speed_by_batch'])} (the co-run's extra time "
+                     f"x{host['decode_strength']:.2f}, so that it takes {host['decode_ms']:.2f} ms there, as measured)")
         if host.get("overlap_strength") is not None:
             text += (f"; in the server a batch pays {host['overlap_strength']:.2f} of that slowdown (batch 1 at "
                      f"{host['rate_light_rps']:.1f} rps x{host['compute_ratio_light']:.2f} the profile, at "
@@ -534,6 +549,13 @@ def _sharing_text(host: dict) -> str:
     return text
 
 
+def _speeds(by_batch: dict) -> str:
+    """``b1 x0.52, b8 x0.70``: speeds by batch size (one speed for every size: ``x0.78``)."""
+    if len(by_batch) == 1:
+        return f"x{next(iter(by_batch.values())):.2f}"
+    return ", ".join(f"b{b} x{v:.2f}" for b, v in sorted(by_batch.items(), key=lambda i: int(i[0])))
+
+
 def _outside_text(host: dict) -> str:
     o = event_loop.overhead_stage(host)
     if o is None:
@@ -542,6 +564,9 @@ def _outside_text(host: dict) -> str:
             f"hand-off from the decode thread {host['handoff_loaded_ms']:.2f} ms")
     if o["response_ms"]:
         text += f", {o['response_ms']:.2f} ms per response (a batch's responses leave one after another)"
+    if o["batch_overhead_ms"]:
+        text += (f", each batch holds its instance {o['batch_overhead_ms']:.2f} ms beyond the model's run "
+                 "(the hand-over to its thread and back)")
     return text
 
 
@@ -597,11 +622,14 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
 
     def derive(h: dict, ov: dict) -> None:
         """What the simulation takes from an in-server calibration: the CPU sharing, the after-idle
-        extra and the overlap strength (each taken out of the batch-1 ratio), and the model's own spread."""
+        extra and the overlap strength (each taken out of the batch-1 ratio), the decode's speed
+        beside a batch, and the model's own spread."""
         if cpu_sharing:
             share_cores(h, ov, threads, instances, corun=corun)
         account_idle(h, idle_fit)
         server_fit.fit(h, ov)
+        server_fit.fit_decode_speed(h, ov, lambda hh: decode_ms(*b1_simulation(profile, ov, hh, instances,
+                                                                              preprocess_workers, seed)))
         server_fit.fit_spread(h, lambda hh: b1_service_times(profile, ov, hh, instances, preprocess_workers, seed))
 
     def calibrate(label: str) -> tuple[dict, dict | None]:
@@ -686,12 +714,12 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             measured["per_run"] = given.pop("per_run")
             if given:
                 predicted["given_speed"] = given
-            bd = sim.breakdown_ms
+            bd, held = sim.breakdown_ms, base.service.batch_overhead_ms   # the server counts it in other
             stages = {"preprocess": (bd["preprocess"] + handoff, stage_means["preprocess"]),
                       "decode": (decode_ms(sim, base), stage_means["decode"]),
                       "queue_wait": (bd["queue_wait"] + bd["batch_formation"], stage_means["queue_wait"]),
-                      "compute": (bd["service"], stage_means["compute"]),
-                      "other": (bd["postprocess"] + bd["overhead"] - handoff, stage_means["other"])}
+                      "compute": (bd["service"] - held, stage_means["compute"]),
+                      "other": (bd["postprocess"] + bd["overhead"] - handoff + held, stage_means["other"])}
             cell = Cell(b, d, load, rate, predicted, measured)
             cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
                                ("p50", "p95", "p99", "throughput", "mean_batch_size")}
@@ -722,7 +750,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
 _MEAN_KEYS = ("preprocess_ms", "decode_cv", "overhead_ms", "handoff_ms", "latency_ms", "server_total_ms",
               "queue_wait_ms", "gap_ms", "host_cpu_ms", "decode_ms", "compute_cv", "compute_b1_ms", "compute_bmax_ms",
               "rate_rps", "compute_b1_light_ms", "rate_light_rps", "compute_b1_median_ms", "other_ms",
-              "other_cv", "handoff_loaded_ms", "response_ms")
+              "other_cv", "handoff_loaded_ms", "response_ms", "batch_overhead_ms")
 _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
 
@@ -748,7 +776,7 @@ def bracket_host(a: dict | None, b: dict | None) -> dict | None:
         return None
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
                                                     "compute_ratio_alone", "after_idle", "idle_slowdown",
-                                                    "overlap_strength", "own_cv")}
+                                                    "overlap_strength", "own_cv", "decode_strength")}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
@@ -800,15 +828,16 @@ def measured_stage_times(ok: list[dict]) -> dict[str, np.ndarray]:
 
 def stage_times(sim, handoff_ms: float = 0.0) -> dict[str, np.ndarray]:
     """The same stages (ms) for the simulation's measured requests, all replications; a hand-off
-    the scenario counts in its overhead (``handoff_ms``) is moved to pre-processing, where the
-    server counts it."""
+    the scenario counts in its overhead (``handoff_ms``) is moved to pre-processing, and the batch
+    overhead from compute to other, where the server counts them."""
     parts = {k: [] for k in TAIL_STAGES}
+    held = sim.scenario.service.batch_overhead_ms
     for tr in sim.traces:
         m = tr.completed & ~tr.warmup
         parts["preprocess"].append((tr.entry - tr.arrival)[m] * 1000.0 + handoff_ms)
         parts["queue_wait"].append((tr.start - tr.entry)[m] * 1000.0)
-        parts["compute"].append((tr.end - tr.start)[m] * 1000.0)
-        parts["other"].append(tr.latency_ms[m] - (tr.end - tr.arrival)[m] * 1000.0 - handoff_ms)
+        parts["compute"].append((tr.end - tr.start)[m] * 1000.0 - held)
+        parts["other"].append(tr.latency_ms[m] - (tr.end - tr.arrival)[m] * 1000.0 - handoff_ms + held)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -1007,7 +1036,7 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
         bd = sim.breakdown_ms
         cell.stages = {"decode": (sc.service.preprocess.ms, _mean(ok, P.H_DECODE)),
                        "queue_wait": (bd["queue_wait"] + bd["batch_formation"], _mean(ok, P.H_QUEUE_WAIT)),
-                       "compute": (bd["service"], _mean(ok, P.H_COMPUTE))}
+                       "compute": (bd["service"] - sc.service.batch_overhead_ms, _mean(ok, P.H_COMPUTE))}
         cell.stages = {k: (p, m, _err(p, m)) for k, (p, m) in cell.stages.items()}
         cells.append(cell)
     return Validation(model, profile, {**overhead, "host": host}, cells, cpu,

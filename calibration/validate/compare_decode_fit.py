@@ -1,0 +1,75 @@
+"""Re-predict a recorded validation's cells with the decode's co-run speeds as measured and with
+them fitted in the server (``server_fit.fit_decode_speed``), on the same measurements (the
+recorded calibrations and cells; nothing is run again).
+
+    python calibration/validate/compare_decode_fit.py calibration/validate/vm-2core-2026-11-26p/validation.json
+
+Records before q timed the decode beside the largest batch only: that one speed stands for every
+size, and the fit scales it. Each variant derives the prediction from the same bracketed
+calibration, as ``capsim validate`` does (CPU sharing, after idle, the model's own spread fitted
+to the measured batch-1 spread). Prints, for each variant, the decode's speeds, the simulated
+decode at the calibration rate against the measured one, the median |error| of the cells' decode
+means, and the median |error| of p50 and p95 over loads <= 0.85.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from capsim.plan import with_rate
+from capsim.simulate import simulate
+from capsim.validate import server_fit
+from capsim.validate.validate import (TARGET_MAX_LOAD, _err, account_idle, b1_service_times, b1_simulation,
+                                      bracket_host, decode_ms, scenario_for, share_cores, window_percentiles)
+
+
+def derive(record: dict, fit_decode: bool) -> dict:
+    """The host calibration the prediction would use, derived again from the record's raw keys."""
+    ov, st = record["overhead"], record["settings"]
+    raw = record["overhead"]["host"]
+    host = bracket_host(raw, None)
+    share_cores(host, ov, st.get("threads"), st["instances"], cores=raw["sharing"]["cores"], corun=raw["corun"])
+    account_idle(host, raw.get("after_idle"))
+    args = (record["profile"], ov)
+    rest = (st["instances"], st["preprocess_workers"], st["seed"])
+    if fit_decode:
+        server_fit.fit_decode_speed(host, ov, lambda h: decode_ms(*b1_simulation(*args, h, *rest)))
+    server_fit.fit_spread(host, lambda h: b1_service_times(*args, h, *rest))
+    return host
+
+
+def errors(record: dict, host: dict) -> dict[str, float]:
+    ov, st = record["overhead"], record["settings"]
+    errs = {"p50": [], "p95": [], "decode": []}
+    for c in record["cells"]:
+        if c["load"] > TARGET_MAX_LOAD:
+            continue
+        sc = scenario_for(record["profile"], ov, c["max_batch_size"], c["max_queue_delay_ms"], st["instances"],
+                          st["preprocess_workers"], c["rate_rps"], st["seed"], host)
+        pred = window_percentiles(sc, st["duration_s"], [st["seed"] + r for r in range(st["repeat"])])
+        for k in ("p50", "p95"):
+            e = _err(pred.get(k), c["measured"][k])
+            if e is not None:
+                errs[k].append(abs(e))
+        errs["decode"].append(abs(_err(decode_ms(simulate(with_rate(sc, c["rate_rps"])), sc), c["stages"]["decode"][1])))
+    return {k: float(np.median(v)) for k, v in errs.items()}
+
+
+def main(path: str) -> None:
+    record = json.load(open(path))
+    st = record["settings"]
+    for label, fit_decode in (("co-run speeds as measured", False), ("fitted in the server", True)):
+        host = derive(record, fit_decode)
+        speeds = ", ".join(f"b{b} x{v:.2f}" for b, v in sorted(host["sharing"]["overlap"]["preprocess_speed_by_batch"].items()))
+        b1 = decode_ms(*b1_simulation(record["profile"], record["overhead"], host, st["instances"],
+                                      st["preprocess_workers"], st["seed"] + 1))
+        e = errors(record, host)
+        print(f"{label:26s} decode {speeds} (b1 run {b1:.2f} vs {host['decode_ms']:.2f} ms measured)  "
+              f"median |error| decode {e['decode']:.1f} %  p50 {e['p50']:.1f} %  p95 {e['p95']:.1f} %", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
