@@ -179,9 +179,9 @@ def host_with_decode(decode_ms: float, corun: dict = CORUN_BY_SIZE) -> dict:
     return host
 
 
-def test_the_decode_fit_scales_every_sizes_extra_time_by_one_strength():
-    # a stand-in simulation whose decode spends 60 % of its time beside a batch of 1: the measured
-    # 7.5 x (1 + 0.6 x 1) ms is a decode at x0.5 there, 1/0.5 - 1 = 1 against the co-run's 1/0.7 - 1
+def test_the_decode_fit_finds_the_speed_that_takes_the_measured_time():
+    # a stand-in simulation whose decode spends 60 % of its time beside a batch: the measured
+    # 7.5 x (1 + 0.6 x 1) ms is a decode at x0.5 there, against the co-run's x0.7 beside batch 1
     from capsim.validate.server_fit import decode_speed_b1, fit_decode_speed, sharing_slowdown
 
     host = host_with_decode(7.5 * 1.6)
@@ -191,12 +191,11 @@ def test_the_decode_fit_scales_every_sizes_extra_time_by_one_strength():
         return 7.5 * (1.0 + 0.6 * (1.0 / decode_speed_b1(h["sharing"]["overlap"]) - 1.0))
 
     fit_decode_speed(host, OVERHEAD, simulated)
-    strength = 1.0 / (1.0 / 0.7 - 1.0)
-    assert host["decode_strength"] == pytest.approx(strength, rel=1e-3)
-    assert host["sharing"]["overlap"]["preprocess_speed_by_batch"] == {
-        1: pytest.approx(0.5, abs=1e-4), 8: pytest.approx(scaled_speed(0.8, strength), abs=1e-4)}
-    assert "preprocess_speed" not in host["sharing"]["overlap"]
-    # the slower decode overlaps more: the batch-1 ratio is divided by the slowdown at the new speeds
+    assert host["decode_speed"] == pytest.approx(0.5, rel=1e-3)
+    # one speed beside every batch size: the co-run's shape by size is not kept
+    assert host["sharing"]["overlap"]["preprocess_speed"] == pytest.approx(0.5, abs=1e-4)
+    assert "preprocess_speed_by_batch" not in host["sharing"]["overlap"]
+    # the slower decode overlaps more: the batch-1 ratio is divided by the slowdown at the new speed
     assert host["calibration_slowdown"] == pytest.approx(sharing_slowdown(host, OVERHEAD, 1.0, HEAVY))
     assert host["compute_ratio_alone"] * host["calibration_slowdown"] == pytest.approx(product)
     assert host["corun"]["preprocess_speed_by_batch"] == {1: 0.7, 8: 0.8}   # the measurement itself is kept
@@ -207,8 +206,7 @@ def test_a_decode_no_slower_than_alone_runs_at_full_speed():
 
     host = host_with_decode(7.0)    # faster than the noop run's 7.5: no slowdown to fit
     fit_decode_speed(host, OVERHEAD, lambda h: pytest.fail("nothing to simulate"))
-    assert host["decode_strength"] == 0.0
-    assert host["sharing"]["overlap"]["preprocess_speed_by_batch"] == {1: 1.0, 8: 1.0}
+    assert host["decode_speed"] == 1.0 and host["sharing"]["overlap"]["preprocess_speed"] == 1.0
 
 
 def test_the_fitted_decode_takes_in_the_simulation_what_the_server_measured():
@@ -219,8 +217,9 @@ def test_the_fitted_decode_takes_in_the_simulation_what_the_server_measured():
     host = host_with_decode(14.0, corun=CORUN)    # an older co-run: one speed (x0.5) for every size
     assert decode_ms(*b1_simulation(PROFILE, OVERHEAD, host, 1, 1, seed=5)) < 13.0
     fit_decode_speed(host, OVERHEAD, lambda h: decode_ms(*b1_simulation(PROFILE, OVERHEAD, h, 1, 1, seed=5)))
-    assert host["decode_strength"] > 1.0
+    assert host["decode_speed"] < 0.5
     assert decode_ms(*b1_simulation(PROFILE, OVERHEAD, host, 1, 1, seed=6)) == pytest.approx(14.0, rel=0.03)
     sc = scenario_for(PROFILE, OVERHEAD, 4, 5.0, 1, 1, 10.0, 1, host)
-    assert sc.service.cpu_sharing.overlap.preprocess_speed_by_batch == host["sharing"]["overlap"][
-        "preprocess_speed_by_batch"]   # the cells run with it
+    assert sc.service.cpu_sharing.overlap.preprocess_speed == host["sharing"]["overlap"][
+        "preprocess_speed"]   # the cells run with it
+    assert not sc.service.cpu_sharing.overlap.preprocess_speed_by_batch

@@ -1,11 +1,11 @@
 """Re-predict a recorded validation's cells with the decode's co-run speeds as measured and with
-them fitted in the server (``server_fit.fit_decode_speed``), on the same measurements (the
+one speed fitted in the server (``server_fit.fit_decode_speed``), on the same measurements (the
 recorded calibrations and cells; nothing is run again).
 
     python calibration/validate/compare_decode_fit.py calibration/validate/vm-2core-2026-11-26p/validation.json
 
 Records before q timed the decode beside the largest batch only: that one speed stands for every
-size, and the fit scales it. Each variant derives the prediction from the same bracketed
+size; later ones timed it beside each size. Each variant derives the prediction from the same bracketed
 calibration, as ``capsim validate`` does (CPU sharing, after idle, the model's own spread fitted
 to the measured batch-1 spread). Prints, for each variant, the decode's speeds, the simulated
 decode at the calibration rate against the measured one, the median |error| of the cells' decode
@@ -63,7 +63,9 @@ def main(path: str) -> None:
     st = record["settings"]
     for label, fit_decode in (("co-run speeds as measured", False), ("fitted in the server", True)):
         host = derive(record, fit_decode)
-        speeds = ", ".join(f"b{b} x{v:.2f}" for b, v in sorted(host["sharing"]["overlap"]["preprocess_speed_by_batch"].items()))
+        ov = host["sharing"]["overlap"]
+        speeds = (", ".join(f"b{b} x{v:.2f}" for b, v in sorted(ov["preprocess_speed_by_batch"].items()))
+                  if "preprocess_speed_by_batch" in ov else f"x{ov['preprocess_speed']:.2f} for every size")
         b1 = decode_ms(*b1_simulation(record["profile"], record["overhead"], host, st["instances"],
                                       st["preprocess_workers"], st["seed"] + 1))
         e = errors(record, host)

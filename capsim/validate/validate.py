@@ -534,10 +534,9 @@ def _sharing_text(host: dict) -> str:
         text += ("; co-run: a batch beside the decode runs at " + ", ".join(
             f"b{b} x{v:.2f}" for b, v in sorted((host.get("corun") or o)["model_speed"].items(), key=lambda i: int(i[0])))
             + " of its speed, the decode at " + _speeds(server_fit.corun_decode_speeds(host["corun"])))
-        if host.get("decode_strength") is not None:
-            text += (f"; in the server the decode beside a batch runs at "
-                     f"{_speeds(o['preprocess_speed_by_batch'])} (the co-run's extra time "
-                     f"x{host['decode_strength']:.2f}, so that it takes {host['decode_ms']:.2f} ms there, as measured)")
+        if host.get("decode_speed") is not None:
+            text += (f"; in the server the decode beside a batch runs at x{host['decode_speed']:.2f} (fitted so that "
+                     f"it takes {host['decode_ms']:.2f} ms there, as measured)")
         if host.get("overlap_strength") is not None:
             text += (f"; in the server a batch pays {host['overlap_strength']:.2f} of that slowdown (batch 1 at "
                      f"{host['rate_light_rps']:.1f} rps x{host['compute_ratio_light']:.2f} the profile, at "
@@ -776,7 +775,7 @@ def bracket_host(a: dict | None, b: dict | None) -> dict | None:
         return None
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
                                                     "compute_ratio_alone", "after_idle", "idle_slowdown",
-                                                    "overlap_strength", "own_cv", "decode_strength")}
+                                                    "overlap_strength", "own_cv", "decode_speed")}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
