@@ -176,15 +176,16 @@ def sustainable_rps(sc, bound_at) -> float:
     bisection: the bound only falls as the rate rises)."""
     curve = sc.service.curve_ms()
     held = sc.service.batch_overhead_ms
+    own = bound_at({b: ms + held for b, ms in curve.items()})  # the model's own bound
     if not active(sc):
-        return bound_at({b: ms + held for b, ms in curve.items()})
+        return own
     cs = sc.service.cpu_sharing
 
     def bound(rate: float) -> float:
         load = decoded_rps(sc, rate) * spread_ms(sc) / 1000.0
         return bound_at({b: ms * factor(cs, load, b) * overlap_factor(sc, rate, b) + held for b, ms in curve.items()})
 
-    lo, hi = 0.0, bound_at({b: ms + held for b, ms in curve.items()})  # never above the model's own bound
+    lo, hi = 0.0, own  # never above the model's own bound
     if bound(hi) >= hi:
         return hi
     for _ in range(60):

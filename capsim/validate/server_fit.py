@@ -30,8 +30,8 @@ noise on this machine (beside batch 1 it came out x0.51 in record q and x0.76 in
 batch 8 x0.63 in both, while the fitted speed was x0.55 and x0.56), and in the cells the decode
 took as long beside B=8's batches as beside B=1's. Re-predicting q and r
 (``calibration/validate/compare_decode_fit.py``), the cells' decode means were off by a median
-2.0 % with one fitted speed, 3.0-3.2 % with the co-run's sizes scaled to it, 6.8-13.0 % with the
-co-run as measured.
+2.0 % with one fitted speed, 3.0-3.2 % with the co-run's sizes scaled to it by one factor (an
+interim variant), 6.8-13.0 % with the co-run as measured.
 
 **Own spread.** With the cores shared moment to moment the engine makes part of the spread of
 batch times itself (a batch that overlaps a decode runs slower). The rest, the model's own
