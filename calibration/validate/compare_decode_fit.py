@@ -21,24 +21,8 @@ import numpy as np
 
 from capsim.plan import with_rate
 from capsim.simulate import simulate
-from capsim.validate import server_fit
-from capsim.validate.validate import (TARGET_MAX_LOAD, _err, account_idle, b1_service_times, b1_simulation,
-                                      bracket_host, decode_ms, scenario_for, share_cores, window_percentiles)
-
-
-def derive(record: dict, fit_decode: bool) -> dict:
-    """The host calibration the prediction would use, derived again from the record's raw keys."""
-    ov, st = record["overhead"], record["settings"]
-    raw = record["overhead"]["host"]
-    host = bracket_host(raw, None)
-    share_cores(host, ov, st.get("threads"), st["instances"], cores=raw["sharing"]["cores"], corun=raw["corun"])
-    account_idle(host, raw.get("after_idle"))
-    args = (record["profile"], ov)
-    rest = (st["instances"], st["preprocess_workers"], st["seed"])
-    if fit_decode:
-        server_fit.fit_decode_speed(host, ov, lambda h: decode_ms(*b1_simulation(*args, h, *rest)))
-    server_fit.fit_spread(host, lambda h: b1_service_times(*args, h, *rest))
-    return host
+from capsim.validate.validate import TARGET_MAX_LOAD, _err, b1_simulation, decode_ms, scenario_for, window_percentiles
+from rederive import derive  # calibration/validate/rederive.py
 
 
 def errors(record: dict, host: dict) -> dict[str, float]:
@@ -62,7 +46,7 @@ def main(path: str) -> None:
     record = json.load(open(path))
     st = record["settings"]
     for label, fit_decode in (("co-run speeds as measured", False), ("fitted in the server", True)):
-        host = derive(record, fit_decode)
+        host = derive(record, fit_decode=fit_decode)
         ov = host["sharing"]["overlap"]
         speeds = (", ".join(f"b{b} x{v:.2f}" for b, v in sorted(ov["preprocess_speed_by_batch"].items()))
                   if "preprocess_speed_by_batch" in ov else f"x{ov['preprocess_speed']:.2f} for every size")

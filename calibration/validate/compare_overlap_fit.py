@@ -17,23 +17,8 @@ import sys
 
 import numpy as np
 
-from capsim.validate import server_fit
-from capsim.validate.validate import (TARGET_MAX_LOAD, _err, account_idle, b1_service_times, bracket_host,
-                                      scenario_for, share_cores, window_percentiles)
-
-
-def derive(record: dict, fit_strength: bool) -> dict:
-    """The host calibration the prediction would use, derived again from the record's raw keys."""
-    ov, st = record["overhead"], record["settings"]
-    raw = record["overhead"]["host"]
-    host = bracket_host(raw, None)
-    share_cores(host, ov, st.get("threads"), st["instances"], cores=raw["sharing"]["cores"], corun=raw["corun"])
-    account_idle(host, raw.get("after_idle"))
-    if fit_strength:
-        server_fit.fit(host, ov)
-    server_fit.fit_spread(host, lambda h: b1_service_times(record["profile"], ov, h, st["instances"],
-                                                           st["preprocess_workers"], st["seed"]))
-    return host
+from capsim.validate.validate import TARGET_MAX_LOAD, _err, scenario_for, window_percentiles
+from rederive import derive  # calibration/validate/rederive.py
 
 
 def errors(record: dict, host: dict) -> dict[str, float]:
@@ -57,7 +42,7 @@ def main(path: str) -> None:
     if "compute_ratio_light" not in record["overhead"]["host"]:
         sys.exit(f"{path}: no light-rate calibration in this record (run capsim validate with --overlap-fit)")
     for label, fit_strength in (("co-run as measured (s = 1)", False), ("fitted strength", True)):
-        host = derive(record, fit_strength)
+        host = derive(record, fit_strength=fit_strength)
         e = errors(record, host)
         s = host.get("overlap_strength", 1.0)
         print(f"{label:28s} s {s:.2f}  own cv {host['own_cv']:.2f}  median |error| p50 {e['p50']:.1f} %  "
