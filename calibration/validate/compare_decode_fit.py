@@ -17,29 +17,8 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
-from capsim.plan import with_rate
-from capsim.simulate import simulate
-from capsim.validate.validate import TARGET_MAX_LOAD, _err, b1_simulation, decode_ms, scenario_for, window_percentiles
-from rederive import derive  # calibration/validate/rederive.py
-
-
-def errors(record: dict, host: dict) -> dict[str, float]:
-    ov, st = record["overhead"], record["settings"]
-    errs = {"p50": [], "p95": [], "decode": []}
-    for c in record["cells"]:
-        if c["load"] > TARGET_MAX_LOAD:
-            continue
-        sc = scenario_for(record["profile"], ov, c["max_batch_size"], c["max_queue_delay_ms"], st["instances"],
-                          st["preprocess_workers"], c["rate_rps"], st["seed"], host)
-        pred = window_percentiles(sc, st["duration_s"], [st["seed"] + r for r in range(st["repeat"])])
-        for k in ("p50", "p95"):
-            e = _err(pred.get(k), c["measured"][k])
-            if e is not None:
-                errs[k].append(abs(e))
-        errs["decode"].append(abs(_err(decode_ms(simulate(with_rate(sc, c["rate_rps"])), sc), c["stages"]["decode"][1])))
-    return {k: float(np.median(v)) for k, v in errs.items()}
+from capsim.validate.validate import b1_simulation, decode_ms
+from rederive import derive, errors  # calibration/validate/rederive.py
 
 
 def main(path: str) -> None:
@@ -52,7 +31,7 @@ def main(path: str) -> None:
                   if "preprocess_speed_by_batch" in ov else f"x{ov['preprocess_speed']:.2f} for every size")
         b1 = decode_ms(*b1_simulation(record["profile"], record["overhead"], host, st["instances"],
                                       st["preprocess_workers"], st["seed"] + 1))
-        e = errors(record, host)
+        e = errors(record, host, decode=True)
         print(f"{label:26s} decode {speeds} (b1 run {b1:.2f} vs {host['decode_ms']:.2f} ms measured)  "
               f"median |error| decode {e['decode']:.1f} %  p50 {e['p50']:.1f} %  p95 {e['p95']:.1f} %", flush=True)
 

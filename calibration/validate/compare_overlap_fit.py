@@ -15,26 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
-from capsim.validate.validate import TARGET_MAX_LOAD, _err, scenario_for, window_percentiles
-from rederive import derive  # calibration/validate/rederive.py
-
-
-def errors(record: dict, host: dict) -> dict[str, float]:
-    ov, st = record["overhead"], record["settings"]
-    errs = {"p50": [], "p95": []}
-    for c in record["cells"]:
-        if c["load"] > TARGET_MAX_LOAD:
-            continue
-        sc = scenario_for(record["profile"], ov, c["max_batch_size"], c["max_queue_delay_ms"], st["instances"],
-                          st["preprocess_workers"], c["rate_rps"], st["seed"], host)
-        pred = window_percentiles(sc, st["duration_s"], [st["seed"] + r for r in range(st["repeat"])])
-        for k in errs:
-            e = _err(pred.get(k), c["measured"][k])
-            if e is not None:
-                errs[k].append(abs(e))
-    return {k: float(np.median(v)) for k, v in errs.items()}
+from rederive import derive, errors  # calibration/validate/rederive.py
 
 
 def main(path: str) -> None:
