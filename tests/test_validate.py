@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("aiohttp")
@@ -61,12 +62,22 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     assert all(x >= host["corun"]["model_speed"][b] - 1e-4 for b, x in overlap["model_speed"].items())
     assert "of that slowdown (batch 1 at" in table(v)
     assert v.settings["windows"]
-    # calibrated before and after the cells; the prediction uses the mean of the two
-    opening, closing = v.overhead["opening"]["host"], v.overhead["closing"]["host"]
-    assert host["compute_ratio"] == pytest.approx((opening["compute_ratio"] * closing["compute_ratio"]) ** 0.5)
-    assert v.overhead["preprocess_ms"] == pytest.approx(
-        (v.overhead["opening"]["preprocess_ms"] + v.overhead["closing"]["preprocess_ms"]) / 2)
-    assert "calibrated before and after the cells" in table(v)
+    # calibrated before the cells, between the two configs and after them; the prediction uses the mean of the 3
+    every = [v.overhead["opening"], *v.overhead["between"], v.overhead["closing"]]
+    assert len(every) == 3
+    opening, middle, closing = (c["host"] for c in every)
+    assert host["compute_ratio"] == pytest.approx(
+        (opening["compute_ratio"] * middle["compute_ratio"] * closing["compute_ratio"]) ** (1 / 3))
+    assert v.overhead["preprocess_ms"] == pytest.approx(np.mean([c["preprocess_ms"] for c in every]))
+    assert "calibrated before, between and after the configs" in table(v)
+    assert "the mean of the 3" in table(v)
+    # each batch-1 run (2 rates in 2 turns) gave its batches' idle times; the calibrations' pooled
+    # into one fit of the after-idle extra
+    assert len(opening["idle_runs"]) == len(middle["idle_runs"]) == len(closing["idle_runs"]) == 4
+    assert host["idle_runs"] == opening["idle_runs"] + middle["idle_runs"] + closing["idle_runs"]
+    fitted = host["after_idle_fit"]
+    assert fitted["batches"] > 10 and fitted["extra_ms"] >= 0 and math.isfinite(fitted["se_ms"])
+    assert "fitted over" in table(v)
     for c in v.cells:
         # predicted as the 3-second runs measure; the long-run figures are kept beside them
         assert c.predicted["steady_state"]["p95"] > 0 and c.predicted["p95"] > 0
@@ -132,6 +143,21 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     html = tmp_path / "v.html"
     write_report(v, str(html))
     assert "Predicted vs measured" in html.read_text() and "Plotly.newPlot" in html.read_text()
+
+
+def test_the_mean_of_several_calibrations():
+    from capsim.validate.validate import mean_host, mean_of
+
+    a = {"preprocess_ms": 7.0, "compute_ratio": 1.2, "bmax": 8, "idle_runs": [[[50.0], [30.0]]], "own_cv": 0.2}
+    b = {"preprocess_ms": 8.0, "compute_ratio": 1.5, "compute_ratio_bmax": 1.1, "idle_runs": [[[9.0], [31.0]]]}
+    c = {"preprocess_ms": 9.0, "compute_ratio": 1.35, "idle_runs": [[[70.0], [33.0]]]}
+    m = mean_of([a, b, c])
+    assert m["preprocess_ms"] == pytest.approx(8.0)                          # times: arithmetic
+    assert m["compute_ratio"] == pytest.approx((1.2 * 1.5 * 1.35) ** (1 / 3))  # ratios: geometric
+    assert m["compute_ratio_bmax"] == 1.1 and m["bmax"] == 8    # only one has it: that one's
+    assert m["idle_runs"] == a["idle_runs"] + b["idle_runs"] + c["idle_runs"]   # pooled, run by run
+    assert "own_cv" not in mean_host([a, b, c])                  # derived again from the mean
+    assert mean_of([a, None]) is a and mean_host([None, None]) is None   # no host calibration
 
 
 def test_host_ratio_interpolates_in_log_batch_size():

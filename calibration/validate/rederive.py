@@ -8,7 +8,7 @@ import numpy as np
 
 from capsim.plan import with_rate
 from capsim.simulate import simulate
-from capsim.validate import server_fit
+from capsim.validate import idle, server_fit
 from capsim.validate.validate import (TARGET_MAX_LOAD, _err, account_idle, b1_service_times, b1_simulation,
                                       bracket_host, decode_ms, scenario_for, share_cores, window_percentiles)
 
@@ -20,7 +20,11 @@ def derive(record: dict, fit_strength: bool = False, fit_decode: bool = False) -
     raw = record["overhead"]["host"]
     host = bracket_host(raw, None)
     share_cores(host, ov, st.get("threads"), st["instances"], cores=raw["sharing"]["cores"], corun=raw["corun"])
-    account_idle(host, raw.get("after_idle"))
+    if raw.get("idle_runs"):   # fitted to the server's own batch-1 runs (records from v on)
+        host["after_idle_fit"] = idle.fit_in_server(host["idle_runs"])
+        account_idle(host, host["after_idle_fit"])
+    else:                      # the quiet process's fit, as recorded
+        account_idle(host, raw.get("after_idle"))
     args, rest = (record["profile"], ov), (st["instances"], st["preprocess_workers"], st["seed"])
     if fit_strength:
         server_fit.fit(host, ov)

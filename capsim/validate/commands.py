@@ -276,14 +276,16 @@ def add_validate_parser(sub) -> None:
                         "an idle server measures (the same arrival schedule, simulated)")
     v.add_argument("--no-closing-calibration", action="store_true",
                    help="predict from the calibration made before the cells only (by default the server's "
-                        "overhead and the in-server model times are measured again after them, and the "
-                        "prediction uses the mean of the two)")
+                        "overhead and the in-server model times are measured again before each further config "
+                        "and after the last, and the prediction uses the mean of them all)")
     v.add_argument("--no-after-idle", action="store_true",
                    help="predict without the extra time a batch takes after its instance sat idle (by "
-                        "default it is measured with the model alone and becomes service.after_idle)")
+                        "default batch 1 is also timed in the server at a light rate, and the extra is fitted "
+                        "to each batch's idle time before it: service.after_idle)")
     v.add_argument("--overlap-fit", action="store_true",
-                   help="time batch 1 in the server at a light rate too, and fit the share of the co-run's "
-                        "slowdown a batch pays there (by default the co-run's speeds are used as measured)")
+                   help="fit, from batch 1's compute times in the server at a light and a heavier rate, the "
+                        "share of the co-run's slowdown a batch pays there (by default the co-run's speeds are "
+                        "used as measured)")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

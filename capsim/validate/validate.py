@@ -30,7 +30,7 @@ import numpy as np
 from capsim.config import parse_scenario
 from capsim.errors import CapsimError
 from capsim.host_cpu import log_interp
-from capsim.validate import drift, event_loop
+from capsim.validate import drift, event_loop, idle
 from capsim.validate import server_fit
 from capsim.validate import protocol as P
 
@@ -42,8 +42,14 @@ GIVEN_SPEED_KEYS = ("p50_given_speed", "p95_given_speed", "p99_given_speed")
 # The in-server calibration runs at half the naive capacity: on a 2-core host the model slows as
 # decoding and HTTP work grow with the load, and the cells span 0.3-0.85 of capacity.
 HOST_LOAD = 0.5
-# With --overlap-fit, batch 1 is also measured at a light rate (about the cells' lowest load), in
-# turns with HOST_LOAD, to fit how strongly the overlap shows in the server (server_fit).
+# The shape of the model's own spread of batch times around their mean. In the server the batch
+# times skew right: a 60 s batch-1 run at 7.4 rps had p95 / mean 1.44 at cv 0.21, where a gamma
+# gives 1.37 and a lognormal 1.38; re-predicting records m-w, the median p95 error was 11.7 %
+# with a lognormal against 12.4 % with a gamma (better in 7 records of 11, worse in 3).
+OWN_SPREAD = "lognormal"
+# Batch 1 is also measured at a light rate (about the cells' lowest load), in turns with
+# HOST_LOAD: its long idle spells fit the after-idle extra (idle.fit_in_server), and with
+# --overlap-fit the two rates fit how strongly the overlap shows in the server (server_fit).
 LIGHT_LOAD = 0.2
 
 
@@ -294,7 +300,8 @@ def service_mean(times) -> float:
 
 def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration: float, seed: int, say,
                        light_rate: float | None = None, workers: int = 1) -> dict:
-    """Batch 1 (B=1, D=0) inside the server at a Poisson ``rate``: compute and decode times; with
+    """Batch 1 (B=1, D=0) inside the server at a Poisson ``rate``: compute and decode times, and
+    each batch's idle time before it (``idle_runs``, :func:`capsim.validate.idle.idle_gaps`); with
     ``light_rate`` also the compute time there, the two rates in turns (two halves each) so that a
     machine whose speed drifts moves both alike."""
     rates = [rate] if light_rate is None else [light_rate, rate]
@@ -303,11 +310,14 @@ def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration:
         + " and ".join(f"{r:.1f}" for r in rates) + f" rps for {duration:g} s"
         + (" each, in turns)" if turns > 1 else ")"))
     ok: dict[float, list[dict]] = {r: [] for r in rates}
+    idle_runs = []
     with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
         _warm_up(srv.url, rate, seed, payload, shape)  # as before every cell: the first runs of a session are slow
         for turn in range(turns):
             for r in rates:
-                ok[r] += _measured(_load(srv.url, r, duration / turns, seed + turn, payload, shape).rows)
+                rows = _load(srv.url, r, duration / turns, seed + turn, payload, shape).rows
+                ok[r] += _measured(rows)
+                idle_runs.append([np.round(v, 3).tolist() for v in idle.idle_gaps(rows)])
     if min(len(v) for v in ok.values()) < 10:
         raise CapsimError("validate: the model server completed too few requests in its calibration run")
     times = np.array([row[P.H_COMPUTE] for row in ok[rate]])
@@ -319,7 +329,8 @@ def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration:
            "compute_cv": server_fit.cv(times),
            "decode_ms": _mean(ok[rate], P.H_DECODE), "requests": len(ok[rate]), "rate_rps": rate,
            # the rest of the latency in the loaded server: the scenario's overhead (event_loop)
-           "other_ms": float(np.mean(other)), **event_loop.loaded(ok[rate], other, rate, workers)}
+           "other_ms": float(np.mean(other)), **event_loop.loaded(ok[rate], other, rate, workers),
+           "idle_runs": idle_runs}
     if light_rate is not None:
         light = service_mean([row[P.H_COMPUTE] for row in ok[light_rate]])
         out.update(compute_b1_light_ms=light, compute_ratio_light=light / b1, rate_light_rps=light_rate)
@@ -379,7 +390,7 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
         # moment to moment the engine makes that spread itself: only the model's own spread (co-run) stays.
         cv = host.get("own_cv", host["corun"]["alone_cv"]) if overlap else host["compute_cv"]
         svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k) * speed, 4) for k, v in prof.curve_ms().items()},
-               "variability": {"distribution": "gamma", "cv": max(cv, 0.01)},
+               "variability": {"distribution": OWN_SPREAD, "cv": max(cv, 0.01)},
                "contention": {int(k): float(v["factor"]) for k, v in
                               ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
         if host.get("sharing"):
@@ -464,13 +475,10 @@ def share_cores(host: dict, overhead: dict, threads: int | None, instances: int,
 
 
 def measure_corun(model: str, backend: str, threads: int | None, shape, payload: str, decoders: int, sizes,
-                  say, seconds: float = 3.0, corun: bool = True,
-                  after_idle: bool = False) -> tuple[dict | None, dict | None]:
+                  say, seconds: float = 3.0) -> dict:
     """Measured here (no server running), with the model loaded as the server loads it: the co-run
-    speeds (:mod:`capsim.validate.corun`) of this model and the server's decode, and with
-    ``after_idle`` how much longer a batch takes after an idle spell (:mod:`capsim.validate.idle`)."""
+    speeds (:mod:`capsim.validate.corun`) of this model and the server's decode."""
     from capsim.validate import corun as corun_mod
-    from capsim.validate import idle
     from capsim.validate.load import make_payload
     from capsim.validate.server import load_model
 
@@ -478,34 +486,21 @@ def measure_corun(model: str, backend: str, threads: int | None, shape, payload:
     host = load_model(None if is_file else model, model if is_file else None, backend, "cpu", "fp32", 1, threads,
                       input_shape=shape)
     body, headers = make_payload(payload, tuple(shape))
-    speeds = idle_fit = None
     try:
-        if corun:
-            speeds = corun_mod.measure(host, body, headers["Content-Type"], sizes, seconds=seconds,
-                                       decoders=decoders, say=say)
-        if after_idle:
-            idle_fit = idle.measure(host, say=say)
+        speeds = corun_mod.measure(host, body, headers["Content-Type"], sizes, seconds=seconds,
+                                   decoders=decoders, say=say)
     finally:
         host.close()
-    if speeds:
-        say("co-run: a batch beside the decode runs at " + ", ".join(
-            f"b{b} x{v:.2f}" for b, v in speeds["model_speed"].items())
-            + ", the decode at " + _speeds(server_fit.corun_decode_speeds(speeds)))
-    if idle_fit:
-        measured = ", ".join(f"{g:g} ms: {e:+.2f}" for g, e in zip(idle_fit["gaps_ms"], idle_fit["measured_extra_ms"]))
-        say(f"after idle: a batch of 1 takes +{idle_fit['extra_ms']:.2f} ms x (1 - exp(-idle / "
-            f"{idle_fit['tau_ms']:g} ms)) (measured {measured})" if idle_fit["extra_ms"] > 0 else
-            f"after idle: no extra time beyond the timing noise (±{2 * idle_fit['se_ms']:.2f} ms; measured "
-            f"{measured}): not modelled")
-    return speeds, idle_fit
+    say("co-run: a batch beside the decode runs at " + ", ".join(
+        f"b{b} x{v:.2f}" for b, v in speeds["model_speed"].items())
+        + ", the decode at " + _speeds(server_fit.corun_decode_speeds(speeds)))
+    return speeds
 
 
 def account_idle(host: dict, idle_fit: dict | None) -> None:
     """Add ``after_idle`` to ``host`` (``service.after_idle`` of the scenario) and take out of the
     batch-1 ratio the mean extra its calibration run paid (B=1, Poisson at ``host['rate_rps']``),
     as :func:`share_cores` takes out the CPU sharing, so that the simulation does not count it twice."""
-    from capsim.validate import idle
-
     if not idle_fit or idle_fit["extra_ms"] <= 0:
         return
     host["after_idle"] = {"extra_ms": idle_fit["extra_ms"], "tau_ms": idle_fit["tau_ms"]}
@@ -570,11 +565,16 @@ def _outside_text(host: dict) -> str:
 
 
 def _idle_text(host: dict) -> str:
+    f = host.get("after_idle_fit")
+    if not f:
+        return ""
+    where = (f"fitted over {f['batches']} batches of the batch-1 runs that found the instance idle, "
+             f"±{f['se_ms']:.2f} ms")
     a = host.get("after_idle")
     if not a:
-        return ""
+        return f"; after idle: no extra time ({where})"
     return (f"; after idle: +{a['extra_ms']:.2f} ms x (1 - exp(-idle / {a['tau_ms']:g} ms)) per batch "
-            f"(x{host['idle_slowdown']:.3f} on average in the batch-1 run, taken out of its ratio)")
+            f"({where}; x{host['idle_slowdown']:.3f} on average in the batch-1 run, taken out of its ratio)")
 
 
 def profile_threads(prof) -> int | None:
@@ -612,12 +612,10 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
     threads = threads or profile_threads(prof)
     server_args = _model_args(model, backend, preprocess_workers, threads, instances)
     largest_b = max(b for b, _ in configs)
-    corun = idle_fit = None
-    want_corun = host_calibration and cpu_sharing and overlap and payload == "jpeg"
-    if want_corun or (host_calibration and after_idle):
-        corun, idle_fit = measure_corun(model, backend, threads, shape, payload, preprocess_workers,
-                                        sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say,
-                                        corun_seconds, corun=want_corun, after_idle=after_idle)
+    corun = None
+    if host_calibration and cpu_sharing and overlap and payload == "jpeg":
+        corun = measure_corun(model, backend, threads, shape, payload, preprocess_workers,
+                              sorted({1} | {b for b, _ in configs} & set(prof.curve_ms())), say, corun_seconds)
 
     def derive(h: dict, ov: dict) -> None:
         """What the simulation takes from an in-server calibration: the CPU sharing, the after-idle
@@ -625,8 +623,11 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         beside a batch, and the model's own spread."""
         if cpu_sharing:
             share_cores(h, ov, threads, instances, corun=corun)
-        account_idle(h, idle_fit)
-        server_fit.fit(h, ov)
+        if after_idle and h.get("idle_runs"):
+            h["after_idle_fit"] = idle.fit_in_server(h["idle_runs"])
+            account_idle(h, h["after_idle_fit"])
+        if overlap_fit:
+            server_fit.fit(h, ov)
         server_fit.fit_decode_speed(h, ov, lambda hh: decode_ms(*b1_simulation(profile, ov, hh, instances,
                                                                               preprocess_workers, seed)))
         server_fit.fit_spread(h, lambda hh: b1_service_times(profile, ov, hh, instances, preprocess_workers, seed))
@@ -643,7 +644,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             return ov, None
         naive = capacity(scenario_for(profile, ov, 1, 0.0, instances, preprocess_workers, 1.0, seed))
         h = measure_host(server_args, prof, shape, payload, HOST_LOAD * naive, max(duration, 4.0), seed, say,
-                         largest_batch=largest_b, light_rate=LIGHT_LOAD * naive if corun and overlap_fit else None,
+                         largest_batch=largest_b,
+                         light_rate=LIGHT_LOAD * naive if after_idle or (corun and overlap_fit) else None,
                          preprocess_workers=preprocess_workers)
         derive(h, ov)
         say(f"{label}: inside the server: compute x{h['compute_ratio']:.2f} the profile at batch 1"
@@ -652,10 +654,18 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         return ov, h
 
     overhead, host = calibrate("opening calibration")
+    opening = {**overhead, "host": host}
+    between = []
     total = len(configs) * len(loads) * repeat
     done = 0
     measured_runs, caps, cpu = {}, {}, []
-    for b, d in configs:
+    for i, (b, d) in enumerate(configs):
+        if i and closing_calibration:
+            # between configs too: the 2-core VM's speed moved by more than the target from one
+            # calibration to the next, and two of them (before and after) missed the cells' mean
+            # by 6-11 % in records s and v
+            ov_i, host_i = calibrate(f"calibration before B={b}")
+            between.append({**ov_i, "host": host_i})
         opening_sc = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
         cap = caps[b, d] = capacity(opening_sc)
         args = server_args + ["--max-batch-size", str(b), "--max-queue-delay-ms", f"{d:g}"]
@@ -676,17 +686,19 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                     runs[load].append(run)
                     say("    " + _run_text(run, drift.curve_of(opening_sc)))
         measured_runs[b, d] = runs
-    opening = {**overhead, "host": host}
     closing = None
     if closing_calibration:
         # Measured again after the cells: a machine whose speed drifts (a VM's neighbours) is
-        # predicted from the mean of the two, as an instrument is calibrated before and after use.
+        # predicted from the mean of all the calibrations, as an instrument is calibrated before
+        # and after use.
         closing_ov, closing_host = calibrate("closing calibration")
         closing = {**closing_ov, "host": closing_host}
-        overhead, host = bracket(overhead, closing_ov), bracket_host(host, closing_host)
+        every = [opening, *between, closing]
+        overhead = mean_of([{k: v for k, v in c.items() if k != "host"} for c in every])
+        host = mean_host([c["host"] for c in every])
         if host is not None:
             derive(host, overhead)
-        say("the prediction uses the mean of the opening and closing calibrations"
+        say(f"the prediction uses the mean of the {len(every)} calibrations"
             + (f": compute x{host['compute_ratio']:.2f} at batch 1" if host else ""))
     # the loaded hand-off from the decode thread is in the scenario's overhead; the server counts
     # it in pre-processing (X-Preprocess-Ms), so the per-stage comparison moves it there
@@ -733,7 +745,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             cells.append(cell)
     over = {**overhead, "host": host}
     if closing is not None:
-        over.update(opening=opening, closing=closing)
+        over.update(opening=opening, between=between, closing=closing)
     return Validation(model, profile, over, cells, cpu,
                       {"duration_s": duration, "host_calibration": host_calibration, "instances": instances,
                        "payload": payload, "backend": backend, "threads": threads,
@@ -753,29 +765,41 @@ _MEAN_KEYS = ("preprocess_ms", "decode_cv", "overhead_ms", "handoff_ms", "latenc
 _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
 
+def mean_of(calibrations: list[dict | None]) -> dict | None:
+    """The mean of calibrations of the same kind (opening, between the configs, closing): the
+    times' arithmetic mean, the ratios' geometric mean, over those that have the key; the batches'
+    idle times pooled; other keys as the first one has them. None where any is None."""
+    if not calibrations or any(c is None for c in calibrations):
+        return calibrations[0] if calibrations else None
+    out = dict(calibrations[0])
+    if all(c.get("idle_runs") is not None for c in calibrations):
+        out["idle_runs"] = [r for c in calibrations for r in c["idle_runs"]]   # each run keeps its own base time
+    for k in _MEAN_KEYS + _RATIO_KEYS:
+        vals = [c[k] for c in calibrations if c.get(k) is not None]
+        if vals:
+            out[k] = float(np.mean(vals)) if k in _MEAN_KEYS else float(np.exp(np.mean(np.log(vals))))
+    return out  # a ratio a later run lacks (no full batches measured) keeps the others'
+
+
 def bracket(a: dict | None, b: dict | None) -> dict | None:
-    """The mean of two calibrations (opening and closing) of the same kind: the times' arithmetic
-    mean, the ratios' geometric mean; keys the closing one lacks keep the opening value."""
-    if a is None or b is None:
-        return a
-    out = dict(a)
-    for k in _MEAN_KEYS:
-        if a.get(k) is not None and b.get(k) is not None:
-            out[k] = (a[k] + b[k]) / 2.0
-    for k in _RATIO_KEYS:
-        if a.get(k) is not None and b.get(k) is not None:
-            out[k] = math.sqrt(a[k] * b[k])
-    return out  # a ratio the closing run lacks (no full batches measured) keeps the opening's
+    """:func:`mean_of` the opening and closing calibrations (the opening alone without a closing one)."""
+    return a if a is None or b is None else mean_of([a, b])
 
 
 def bracket_host(a: dict | None, b: dict | None) -> dict | None:
     """:func:`bracket` of two in-server calibrations, without what :func:`share_cores` derives."""
-    m = bracket(a, b)
+    return mean_host([a] if b is None else [a, b])
+
+
+def mean_host(hosts: list[dict | None]) -> dict | None:
+    """:func:`mean_of` in-server calibrations, without what :func:`share_cores` derives."""
+    m = mean_of(hosts)
     if m is None:
         return None
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
                                                     "compute_ratio_alone", "after_idle", "idle_slowdown",
-                                                    "overlap_strength", "own_cv", "decode_speed")}
+                                                    "after_idle_fit", "overlap_strength", "own_cv",
+                                                    "decode_speed")}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
@@ -1049,18 +1073,22 @@ def validate_streams(model: str, backend: str, profile: str, configs, streams: s
 # --------------------------------------------------------------------------- output
 
 
-def _drift_text(opening: dict, closing: dict) -> str:
-    """How the machine changed between the calibrations before and after the cells."""
-    parts = [f"decode {opening['preprocess_ms']:.2f} -> {closing['preprocess_ms']:.2f} ms (noop)"]
-    ho, hc = opening.get("host"), closing.get("host")
-    if ho and hc:
-        parts.insert(0, f"compute at batch 1 x{ho['compute_ratio']:.2f} -> x{hc['compute_ratio']:.2f} the profile")
-        if "compute_ratio_bmax" in ho and "compute_ratio_bmax" in hc:
-            parts.insert(1, f"at batch {ho['bmax']} x{ho['compute_ratio_bmax']:.2f} -> x{hc['compute_ratio_bmax']:.2f}")
-    if opening.get("host_cpu_ms") is not None and closing.get("host_cpu_ms") is not None:
-        parts.append(f"CPU per request {opening['host_cpu_ms']:.1f} -> {closing['host_cpu_ms']:.1f} ms")
-    return ("calibrated before and after the cells: " + ", ".join(parts)
-            + "; the values above are the mean of the two")
+def _drift_text(calibrations: list[dict]) -> str:
+    """How the machine changed from one calibration to the next (before, between and after the cells)."""
+    def seq(fmt, vals) -> str:
+        return " -> ".join(fmt.format(v) for v in vals)
+
+    hosts = [c.get("host") for c in calibrations]
+    parts = [f"decode {seq('{:.2f}', [c['preprocess_ms'] for c in calibrations])} ms (noop)"]
+    if all(hosts):
+        parts.insert(0, f"compute at batch 1 {seq('x{:.2f}', [h['compute_ratio'] for h in hosts])} the profile")
+        if all("compute_ratio_bmax" in h for h in hosts):
+            parts.insert(1, f"at batch {hosts[0]['bmax']} {seq('x{:.2f}', [h['compute_ratio_bmax'] for h in hosts])}")
+    if all(c.get("host_cpu_ms") is not None for c in calibrations):
+        parts.append(f"CPU per request {seq('{:.1f}', [c['host_cpu_ms'] for c in calibrations])} ms")
+    where = "before and after the cells" if len(calibrations) == 2 else "before, between and after the configs"
+    return (f"calibrated {where}: " + ", ".join(parts)
+            + f"; the values above are the mean of the {len(calibrations)}")
 
 
 def _run_text(run: dict, curve) -> str:
@@ -1118,7 +1146,8 @@ def table(v: Validation) -> str:
               f"{_outside_text(v.overhead['host'])}{_idle_text(v.overhead['host'])}: the prediction uses these"
               if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
-             *([_drift_text(v.overhead["opening"], v.overhead["closing"])] if v.overhead.get("closing") else []),
+             *([_drift_text([v.overhead["opening"], *v.overhead.get("between", []), v.overhead["closing"]])]
+               if v.overhead.get("closing") else []),
              *([f"predicted percentiles: what a {v.settings['duration_s']:g} s run measures (each run's own arrival "
                 f"schedule simulated from an idle server, the same warm-up dropped, median of "
                 f"{v.settings.get('window_draws')} draws); the long-run ones are in the JSON (steady_state)"]
