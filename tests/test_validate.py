@@ -148,13 +148,14 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
 def test_the_mean_of_several_calibrations():
     from capsim.validate.validate import mean_host, mean_of
 
-    a = {"preprocess_ms": 7.0, "compute_ratio": 1.2, "bmax": 8, "idle_runs": [[[50.0], [30.0]]], "own_cv": 0.2}
+    a = {"preprocess_ms": 7.0, "compute_ratio": 1.2, "compute_ratio_bmax": 0.9, "bmax": 8,
+         "idle_runs": [[[50.0], [30.0]]], "own_cv": 0.2}
     b = {"preprocess_ms": 8.0, "compute_ratio": 1.5, "compute_ratio_bmax": 1.1, "idle_runs": [[[9.0], [31.0]]]}
     c = {"preprocess_ms": 9.0, "compute_ratio": 1.35, "idle_runs": [[[70.0], [33.0]]]}
     m = mean_of([a, b, c])
     assert m["preprocess_ms"] == pytest.approx(8.0)                          # times: arithmetic
     assert m["compute_ratio"] == pytest.approx((1.2 * 1.5 * 1.35) ** (1 / 3))  # ratios: geometric
-    assert m["compute_ratio_bmax"] == 1.1 and m["bmax"] == 8    # only one has it: that one's
+    assert m["compute_ratio_bmax"] == 0.9 and m["bmax"] == 8    # one lacks it (no full batches): the opening's
     assert m["idle_runs"] == a["idle_runs"] + b["idle_runs"] + c["idle_runs"]   # pooled, run by run
     assert "own_cv" not in mean_host([a, b, c])                  # derived again from the mean
     assert mean_of([a, None]) is a and mean_host([None, None]) is None   # no host calibration

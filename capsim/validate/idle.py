@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from capsim.validate import protocol as P
+
 # In the server the idle times are Poisson's, mostly under 1 s: a longer tau is a straight line
 # that 15 s of batches can tilt far (a 15 s run alone fitted 27 ms at tau 2000, against 4.4 ms at
 # 67 ms from 60 s)
@@ -45,8 +47,6 @@ def idle_gaps(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     overhead (the timing headers); the idle time before a batch is the time since the batch
     before it let go on that instance. The upload of the body is left out of both ends alike.
     Each instance's first batch (nothing known before it) is left out."""
-    from capsim.validate import protocol as P
-
     by_instance: dict[object, list[dict]] = {}
     for r in rows:
         if r["outcome"] == "ok" and r.get(P.H_COMPUTE) is not None:

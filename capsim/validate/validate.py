@@ -767,18 +767,19 @@ _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
 def mean_of(calibrations: list[dict | None]) -> dict | None:
     """The mean of calibrations of the same kind (opening, between the configs, closing): the
-    times' arithmetic mean, the ratios' geometric mean, over those that have the key; the batches'
-    idle times pooled; other keys as the first one has them. None where any is None."""
+    times' arithmetic mean, the ratios' geometric mean; the batches' idle times pooled; a key that
+    any of them lacks, and every other key, as the first one has it. The first alone where any is
+    None."""
     if not calibrations or any(c is None for c in calibrations):
         return calibrations[0] if calibrations else None
     out = dict(calibrations[0])
     if all(c.get("idle_runs") is not None for c in calibrations):
         out["idle_runs"] = [r for c in calibrations for r in c["idle_runs"]]   # each run keeps its own base time
     for k in _MEAN_KEYS + _RATIO_KEYS:
-        vals = [c[k] for c in calibrations if c.get(k) is not None]
-        if vals:
+        vals = [c.get(k) for c in calibrations]
+        if all(v is not None for v in vals):
             out[k] = float(np.mean(vals)) if k in _MEAN_KEYS else float(np.exp(np.mean(np.log(vals))))
-    return out  # a ratio a later run lacks (no full batches measured) keeps the others'
+    return out  # a ratio a later run lacks (no full batches measured) keeps the opening's
 
 
 def bracket(a: dict | None, b: dict | None) -> dict | None:
