@@ -151,7 +151,7 @@ class Stage:
     ms: float = spec(0.0, "time per request", unit="ms", ge=0, ui_max=100)
     workers: int = spec(0, "worker pool size; 0 = a pure delay with no queueing", ge=0, ui_max=32)
     cv: float = spec(0.0, "spread of each request's time: gamma with mean ms and this coefficient of variation "
-                          "(0: every request takes ms); pre-processing with one worker only", ge=0, le=5, ui_max=2)
+                          "(0: every request takes ms); pre-processing only", ge=0, le=5, ui_max=2)
 
 
 @dataclass
@@ -806,8 +806,8 @@ def _check_policies(sc: Scenario, problems: list[str]) -> None:
 
 
 def _stage_spread_problems(sc) -> list[str]:
-    """Where a stage's per-request spread (``cv``) is modelled: pre-processing with one worker, so
-    that requests still leave it in the order they came (the queue behind it relies on that)."""
+    """Where a stage's per-request spread (``cv``) is modelled: pre-processing (any pool; the queue
+    behind it takes requests in the order they finish), and the overhead outside the model."""
     out = []
     pre, post = sc.service.preprocess, sc.service.postprocess
     if post.cv > 0:
@@ -819,9 +819,9 @@ def _stage_spread_problems(sc) -> list[str]:
             out.append("service.overhead_cv: not modelled with closed-loop clients (arrivals.process closed); "
                        "remove it")
     if pre.cv > 0:
-        if pre.workers != 1 or pre.ms <= 0:
-            out.append(f"service.preprocess.cv: modelled with one pre-processing worker (workers: 1, ms > 0), got "
-                       f"workers {pre.workers}, ms {_num(pre.ms)}; set them or remove cv")
+        if pre.ms <= 0:
+            out.append(f"service.preprocess.cv: spreads service.preprocess.ms, which is {_num(pre.ms)}; "
+                       "set ms or remove cv")
         for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
                            ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
             if used:

@@ -33,8 +33,12 @@ def test_the_time_per_response_is_read_from_each_batchs_spread():
 def test_the_wait_for_a_decode_thread_is_pollaczek_khinchine():
     # M/G/1: rho = 20 rps x 10 ms = 0.2; W = rho / (1 - rho) x E[S] (1 + cv^2) / 2
     assert event_loop.pool_wait_ms(20.0, 10.0, 0.5) == pytest.approx(0.25 * 10.0 * 1.25 / 2)
-    assert event_loop.pool_wait_ms(20.0, 10.0, 0.5, workers=2) == pytest.approx(0.1 / 0.9 * 10.0 / 2)  # M/D/1 each
+    # two threads at a = 1.2 (rho 0.6), by hand: Erlang C = (a^2 / 2 / (1 - rho)) / (1 + a + that) = 0.45,
+    # W = C x E[S] / (c - a) = 5.625 ms at cv 1 (M/M/2), x (1 + 0.25) / 2 at cv 0.5
+    assert event_loop.pool_wait_ms(120.0, 10.0, 1.0, workers=2) == pytest.approx(5.625)
+    assert event_loop.pool_wait_ms(120.0, 10.0, 0.5, workers=2) == pytest.approx(5.625 * 0.625)
     assert event_loop.pool_wait_ms(200.0, 10.0, 0.0) == 0.0  # saturated: nothing to say here
+    assert event_loop.pool_wait_ms(250.0, 10.0, 0.0, workers=2) == 0.0
 
 
 def test_the_hand_off_under_load_is_what_the_decode_and_its_wait_leave():

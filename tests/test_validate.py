@@ -247,6 +247,7 @@ def test_repeated_cells_report_their_own_noise(tiny_profile):
 @pytest.mark.parametrize("argv, field", [
     (["--repeat", "0"], "--repeat"),
     (["--repeat", "2", "--streams", "2x10fps"], "--repeat"),
+    (["--out", "no-such-folder/validation.json"], "--out: folder no-such-folder does not exist"),  # before the runs
 ])
 def test_cli_refuses_bad_repeats(tiny_profile, argv, field):
     r = subprocess.run([sys.executable, "-m", "capsim.cli", "validate", "--model", "tiny_cnn", "--profile",

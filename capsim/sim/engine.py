@@ -27,7 +27,7 @@ from capsim.sim.shared_cores import PreprocessPool, SharedCores
 from capsim.sim.queue import (
     DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
-from capsim.sim.stages import fifo_one, fifo_pool, overhead_draws_ms, stage_draws_ns
+from capsim.sim.stages import fifo_pool, fifo_pool_each, overhead_draws_ms, stage_draws_ns
 
 NS = 1_000_000_000
 INF = float("inf")
@@ -138,8 +138,11 @@ class _Run:
         self.pre_ns = stage_draws_ns(pre, n, rng.spawn(1)[0]) if pre.cv > 0 else None
         if self.shared:  # pre-processing runs in the event loop, beside the batches: entries come later
             e, server, stale = np.full(len(order), -1, np.int64), None, None
-        elif self.pre_ns is not None:  # one worker (config), no network or latest-frame line
-            e, server, stale = fifo_one(arrival_ns[order], self.pre_ns[order]), None, None
+        elif self.pre_ns is not None:  # no network or latest-frame line (config)
+            e, server, stale = fifo_pool_each(arrival_ns[order], self.pre_ns[order], pre.workers), None, None
+            if pre.workers != 1:  # a short decode overtakes a long one: the queue sees them as they finish
+                by_entry = np.argsort(e, kind="stable")
+                order, e = order[by_entry], e[by_entry]
         else:
             e, server, stale = queue_entry(sc, arrival_ns[order], arr.source[order], arr.n_sources)  # network, preprocess
         self.server_ns = None
@@ -194,6 +197,9 @@ class _Run:
         """Set up moment-to-moment sharing: every entry time is unknown until its pre-processing ends."""
         sc = self.eng.sc
         self.q.entry_at = [INF] * len(order)
+        # queue positions are filled as pre-processing ends, which with several workers and each
+        # request's own time need not be the order they arrived in (set in _on_shared_done)
+        self.q.order = order.copy()
         ov = sc.service.cpu_sharing.overlap
         speeds = [1.0] + [host_cpu.log_interp(ov.model_speed, b) for b in range(1, sc.batching.max_batch_size + 1)]
         pre_speeds = [1.0] + [host_cpu.preprocess_speed(ov, b) for b in range(1, sc.batching.max_batch_size + 1)]
@@ -223,9 +229,10 @@ class _Run:
     def _on_shared_done(self, keys: list) -> None:
         now = self.env.now
         for key in keys:
-            if key[0] == "p":  # pre-processed: the request enters the queue now (FIFO: the next position)
+            if key[0] == "p":  # pre-processed: the request enters the queue now, at the next position
                 i = key[1]
                 self.entry[i] = now
+                self.q.order[self.entered] = i
                 self.q.entry_at[self.entered] = now
                 self.entered += 1
                 self.pre_pool.finished()

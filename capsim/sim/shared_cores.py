@@ -99,9 +99,9 @@ class SharedCores:
 class PreprocessPool:
     """A FIFO pool of ``workers`` pre-processing workers whose work runs on :class:`SharedCores`.
 
-    Every request takes the same work alone (or, with one worker, its own: ``work_ns`` per
-    request) and all running pre-processing jobs share one speed, so requests leave in the order
-    they arrived."""
+    Every request takes the same work alone, or its own (``work_ns`` per request). All running
+    pre-processing jobs share one speed, so with the same work they leave in the order they
+    arrived; with their own, a short one can overtake a long one."""
 
     def __init__(self, cores: SharedCores, workers: int, work_ns, start_ns: np.ndarray):
         self.cores = cores

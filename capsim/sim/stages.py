@@ -1,5 +1,5 @@
-"""CPU stages with a FIFO pool of identical workers: a fixed time per request, or with one worker
-its own time per request; and each request's own overhead outside the model."""
+"""CPU stages with a FIFO pool of identical workers: a fixed time per request, or each request's
+own time; and each request's own overhead outside the model."""
 
 from __future__ import annotations
 
@@ -54,6 +54,34 @@ def fifo_one(times_ns: np.ndarray, service_ns: np.ndarray) -> np.ndarray:
     """Departures (int ns) from one FIFO worker of requests entering at ``times_ns`` (sorted),
     each taking its own ``service_ns``: d[i] = max(a[i], d[i - 1]) + s[i]. They leave in order."""
     return _fifo_one(np.ascontiguousarray(times_ns, dtype=np.int64), np.ascontiguousarray(service_ns, dtype=np.int64))
+
+
+def fifo_pool_each(times_ns: np.ndarray, service_ns: np.ndarray, workers: int) -> np.ndarray:
+    """Departures (int ns) from a FIFO pool of ``workers`` of requests entering at ``times_ns``
+    (sorted), each taking its own ``service_ns``: each starts, in arrival order, on the worker
+    free first. A short one can overtake a long one, so departures are not sorted.
+    ``workers == 0`` means no pool: each request is delayed by its own time."""
+    a = np.ascontiguousarray(times_ns, dtype=np.int64)
+    s = np.ascontiguousarray(service_ns, dtype=np.int64)
+    if workers <= 0:
+        return a + s
+    if workers == 1:
+        return _fifo_one(a, s)
+    return _fifo_each(a, s, int(workers))
+
+
+@njit(cache=True)
+def _fifo_each(a, s, c):
+    out = np.empty_like(a)
+    free = np.full(c, -(2 ** 62), np.int64)
+    for i in range(len(a)):
+        w = 0
+        for k in range(1, c):
+            if free[k] < free[w]:
+                w = k
+        free[w] = (a[i] if a[i] > free[w] else free[w]) + s[i]
+        out[i] = free[w]
+    return out
 
 
 @njit(cache=True)

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from capsim.analytic import erlang_c
 from capsim.validate import protocol as P
 from capsim.validate import server_fit
 
 
 def pool_wait_ms(rate: float, decode_ms: float, decode_cv: float, workers: int = 1) -> float:
-    """Mean wait for a decode thread at a Poisson ``rate``: M/G/1 per worker with one worker,
-    M/D/1 per worker with several (their order is not kept, so no spread is modelled there)."""
-    spread = 1.0 + decode_cv ** 2 if workers == 1 else 1.0
-    rho = rate / max(1, workers) * decode_ms / 1000.0
-    return rho * decode_ms * spread / (2.0 * (1.0 - rho)) if rho < 1 else 0.0
+    """Mean wait for one of ``workers`` decode threads at a Poisson ``rate`` (M/G/c, Allen-Cunneen:
+    Erlang C's wait times (1 + cv^2) / 2; Pollaczek-Khinchine with one worker, exact at cv 1)."""
+    c = max(1, workers)
+    a = rate * decode_ms / 1000.0
+    if a >= c:
+        return 0.0  # saturated: nothing to say here
+    return erlang_c(c, a) * decode_ms / (c - a) * (1.0 + decode_cv ** 2) / 2.0
 
 
 def loaded(ok: list[dict], other: np.ndarray, rate: float, workers: int) -> dict:

@@ -8,7 +8,7 @@ expose (pre-processing, queue wait, compute).
 
 The server's own per-request cost is measured first, not assumed: the same server with the
 ``noop`` model (no compute) at a light load gives the JPEG decode time (the pre-processing
-stage, one worker as the server runs it) and everything else that is neither decode nor compute
+stage, with as many workers as the server's decode threads) and everything else that is neither decode nor compute
 (HTTP both ways, batching bookkeeping, post-processing), which enters the scenario as
 ``overhead_ms``.
 """
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -375,9 +376,9 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
     """The scenario capsim predicts with: the profile's batch times (scaled by the host's measured
     interference when ``host`` is given), the measured server costs (with ``host``, the work outside
     the model as measured under load: :mod:`capsim.validate.event_loop`). ``speed`` scales the batch
-    times once more (with ``host``): a run's own drift (:mod:`capsim.validate.drift`). With one
-    decode thread the decode's measured spread (noop run) becomes ``preprocess.cv``, unless
-    ``decode_spread`` is off (the latest-frame decode line models none)."""
+    times once more (with ``host``): a run's own drift (:mod:`capsim.validate.drift`). The
+    decode's measured spread (noop run) becomes ``preprocess.cv``, unless ``decode_spread`` is off
+    (the latest-frame decode line models none)."""
     from capsim.profile import load_profile
 
     if host is None:
@@ -407,7 +408,7 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
             "service": {**svc,
                         "preprocess": {"ms": round(pre_ms, 4), "workers": preprocess_workers,
                                        "cv": round(overhead.get("decode_cv", 0.0), 4)
-                                       if decode_spread and preprocess_workers == 1 else 0.0},
+                                       if decode_spread else 0.0},
                         "postprocess": {"ms": round(outside["response_ms"], 4),
                                         "workers": 1 if outside["response_ms"] > 0 else 0},
                         "overhead_ms": round(outside["overhead_ms"], 4),
@@ -1209,7 +1210,6 @@ def write_report(v: Validation, path: str) -> None:
     """HTML (table and a predicted-vs-measured chart, self-contained) or JSON."""
     import html
     import json
-    from pathlib import Path
 
     from capsim.plain import finite
 
@@ -1251,6 +1251,8 @@ def cmd_validate(args) -> int:
         raise CapsimError("--decode-latest: only applies with --streams; remove it or add e.g. --streams 6x25fps")
     if args.out and not args.out.lower().endswith((".html", ".htm", ".json")):
         raise CapsimError(f"--out {args.out}: write a .html or .json validation report")
+    if args.out and not Path(args.out).parent.is_dir():   # found now, not after minutes of runs
+        raise CapsimError(f"--out: folder {Path(args.out).parent} does not exist; create it or write elsewhere")
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
@@ -1271,7 +1273,10 @@ def cmd_validate(args) -> int:
                      overlap_fit=args.overlap_fit)
     print(table(v))
     if args.out:
-        write_report(v, args.out)
+        try:
+            write_report(v, args.out)
+        except OSError as exc:
+            raise CapsimError(f"--out: cannot write {args.out}: {exc.strerror} (the table above has the results)") from None
         print(f"wrote {args.out}")
     return 0
 
