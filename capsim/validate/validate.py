@@ -8,9 +8,9 @@ expose (pre-processing, queue wait, compute).
 
 The server's own per-request cost is measured first, not assumed: the same server with the
 ``noop`` model (no compute) at a light load gives the JPEG decode time (the pre-processing
-stage, with as many workers as the server's decode threads) and everything else that is neither decode nor compute
-(HTTP both ways, batching bookkeeping, post-processing), which enters the scenario as
-``overhead_ms``.
+stage, with as many workers as the server's decode threads) and everything else that is
+neither decode nor compute (HTTP both ways, batching bookkeeping, post-processing), which enters
+the scenario as ``overhead_ms``.
 """
 
 from __future__ import annotations
