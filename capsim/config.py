@@ -212,6 +212,23 @@ class AfterIdle:
 
 
 @dataclass
+class SlowSpells:
+    """Spells in which the whole machine runs slower: a batch or a pre-processing job that starts
+    in one takes ``slowdown`` times as long.
+
+    On a shared cloud VM the host takes the cores now and then (a 16-core VM measured here slowed
+    to about x3 for 0.2-0.3 s every 1.6 s). A small share of the time, so a mean or a median
+    hides it, but the requests that arrive in a spell queue behind several slow batches: a tail
+    that independent per-batch spread does not make. The SimPy engine simulates it."""
+
+    every_s: float = spec(0.0, "mean time from one spell's start to the next; 0 = off", unit="s", ge=0, ui_max=60)
+    length_ms: float = spec(200.0, "how long a spell lasts", unit="ms", gt=0, ui_max=5000)
+    slowdown: float = spec(2.0, "how many times longer a job takes when it starts in a spell", ge=1, ui_max=10)
+    regular: bool = spec(False, "a spell exactly every every_s (at a random phase) instead of an exponential calm "
+                                "between spells")
+
+
+@dataclass
 class Service:
     """Model service time per batch size, and the time spent outside the model."""
 
@@ -246,6 +263,8 @@ class Service:
                                    factory=CpuSharing)
     after_idle: AfterIdle = spec(help="a batch that follows an idle spell of its instance runs slower "
                                       "(threads asleep, caches cold)", factory=AfterIdle)
+    slow_spells: SlowSpells = spec(help="spells in which the whole machine runs slower (a shared host)",
+                                   factory=SlowSpells)
     # The loaded calibration profile, when `profile` is set; not a user field.
     loaded_profile: Any = field(default=None, repr=False, compare=False, metadata={"internal": True})
 
@@ -714,6 +733,7 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
         problems.append("service.contention.1: one busy instance is the reference and must be 1.0")
     problems += _cpu_sharing_problems(sc)
     problems += _stage_spread_problems(sc)
+    problems += _slow_spells_problems(sc)
 
     b = sc.batching
     for i, p in enumerate(b.preferred_batch_sizes):
@@ -826,6 +846,21 @@ def _stage_spread_problems(sc) -> list[str]:
                            ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
             if used:
                 out.append(f"service.preprocess.cv: not modelled with {name}; remove one of the two")
+    return out
+
+
+def _slow_spells_problems(sc) -> list[str]:
+    sp = sc.service.slow_spells
+    if not sp.every_s:
+        return []
+    out = []
+    if sp.length_ms / 1000.0 >= sp.every_s:
+        out.append(f"service.slow_spells.length_ms: a spell of {_num(sp.length_ms)} ms must be shorter than the "
+                   f"time between spells (every_s {_num(sp.every_s)}); shorten it or space them out")
+    for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
+                       ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
+        if used:
+            out.append(f"service.slow_spells: not modelled with {name}; remove one of the two")
     return out
 
 

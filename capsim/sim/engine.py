@@ -27,6 +27,7 @@ from capsim.sim.shared_cores import PreprocessPool, SharedCores
 from capsim.sim.queue import (
     DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
+from capsim.sim.spells import pool_departures, windows as spell_windows
 from capsim.sim.stages import fifo_pool, fifo_pool_each, overhead_draws_ms, stage_draws_ns
 
 NS = 1_000_000_000
@@ -108,6 +109,7 @@ class _Run:
 
     shared = False  # cores shared moment to moment (set in __init__; subclasses that set up their own state keep False)
     overhead = None  # each request's own overhead in ms (set in __init__; None: every request takes overhead_ms)
+    spells = None    # the machine's slow spells in this run (set in __init__; None: none)
 
     def __init__(self, eng: SimPyEngine, arr: ArrivalStream, rng: np.random.Generator):
         sc = eng.sc
@@ -136,10 +138,17 @@ class _Run:
         self.overhead = overhead_draws_ms(sc.service, n, rng)
         # each request's own pre-processing time, from a stream of its own (the service draws stay as they were)
         self.pre_ns = stage_draws_ns(pre, n, rng.spawn(1)[0]) if pre.cv > 0 else None
+        sp = sc.service.slow_spells
+        if sp.every_s:  # a stream of its own, drawn last, so that every other draw stays as it was
+            horizon = 2 * int(arrival_ns.max(initial=0)) + 100 * NS   # draining may outlast the arrivals
+            self.spells = spell_windows(sp, horizon, rng.spawn(1)[0])
         if self.shared:  # pre-processing runs in the event loop, beside the batches: entries come later
             e, server, stale = np.full(len(order), -1, np.int64), None, None
-        elif self.pre_ns is not None:  # no network or latest-frame line (config)
-            e, server, stale = fifo_pool_each(arrival_ns[order], self.pre_ns[order], pre.workers), None, None
+        elif self.pre_ns is not None or (self.spells is not None and pre.ms > 0):  # no network or latest-frame line
+            own = self.pre_ns[order] if self.pre_ns is not None else np.full(len(order), round(pre.ms * 1e6))
+            e = (fifo_pool_each(arrival_ns[order], own, pre.workers) if self.spells is None
+                 else pool_departures(arrival_ns[order], own, pre.workers, self.spells))
+            server, stale = None, None
             if pre.workers != 1:  # a short decode overtakes a long one: the queue sees them as they finish
                 by_entry = np.argsort(e, kind="stable")
                 order, e = order[by_entry], e[by_entry]
@@ -207,7 +216,7 @@ class _Run:
         pre = sc.service.preprocess
         self.pre_start = np.full(len(self.arrival_ns), -1, np.int64)
         work = pre.ms * 1e6 if self.pre_ns is None else self.pre_ns.astype(np.float64)
-        self.pre_pool = PreprocessPool(self.cores, pre.workers, work, self.pre_start)
+        self.pre_pool = PreprocessPool(self.cores, pre.workers, work, self.pre_start, self.spells)
         self.pre_order = order
         self.pre_next = 0      # next arrival (position in order) not yet at the pool
         self.entered = 0       # queue positions whose pre-processing has ended
@@ -319,6 +328,8 @@ class _Run:
             dt = round(eng.mean_ns[b] * m * eng.contention[on_device])
         if eng.idle_extra_ns:  # the instance's threads and caches went cold while it waited
             dt += round(eng.idle_extra_ns * (1.0 - math.exp(-(now - self.idle_since[inst]) / eng.idle_tau_ns)))
+        if self.spells is not None:  # the machine is in a slow spell
+            dt = round(dt * self.spells.factor(now))
         work = dt  # the model's run; the instance is held the batch overhead besides
         dt += eng.held_ns
         self.b_dispatch.append(now)

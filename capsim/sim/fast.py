@@ -50,6 +50,7 @@ def unsupported_features(sc: Scenario) -> list[str]:
         ("service.cpu_sharing.overlap (cores shared moment to moment)", host_cpu.moment_to_moment(sc)),
         ("service.after_idle", sc.service.after_idle.extra_ms > 0),
         ("service.preprocess.cv", sc.service.preprocess.cv > 0),
+        ("service.slow_spells", sc.service.slow_spells.every_s > 0),
     ]
     return [name for name, used in checks if used]
 

@@ -103,8 +103,9 @@ class PreprocessPool:
     pre-processing jobs share one speed, so with the same work they leave in the order they
     arrived; with their own, a short one can overtake a long one."""
 
-    def __init__(self, cores: SharedCores, workers: int, work_ns, start_ns: np.ndarray):
+    def __init__(self, cores: SharedCores, workers: int, work_ns, start_ns: np.ndarray, spells=None):
         self.cores = cores
+        self.spells = spells  # the machine's slow spells (capsim.sim.spells.SpellWindows), or None
         self.start_ns = start_ns  # per request: when its pre-processing started (filled as it runs)
         self.workers = workers
         self.work_ns = work_ns
@@ -125,5 +126,7 @@ class PreprocessPool:
 
     def _start(self, i: int) -> None:
         self.busy += 1
-        self.start_ns[i] = self.cores.env.now
-        self.cores.start(("p", i), self.work_ns if np.isscalar(self.work_ns) else self.work_ns[i])
+        now = self.cores.env.now
+        self.start_ns[i] = now
+        work = self.work_ns if np.isscalar(self.work_ns) else self.work_ns[i]
+        self.cores.start(("p", i), work if self.spells is None else work * self.spells.factor(now))

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from capsim.config import parse_scenario
+from capsim.config import SlowSpells, parse_scenario
 from capsim.errors import CapsimError
 from capsim.host_cpu import log_interp
+from capsim.sim import spells
 from capsim.validate import drift, event_loop, idle
 from capsim.validate import server_fit
 from capsim.validate import protocol as P
@@ -390,7 +391,11 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
         # measured in the server: the isolated profile's spread is far narrower. With the cores shared
         # moment to moment the engine makes that spread itself: only the model's own spread (co-run) stays.
         cv = host.get("own_cv", host["corun"]["alone_cv"]) if overlap else host["compute_cv"]
-        svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k) * speed, 4) for k, v in prof.curve_ms().items()},
+        # the machine's slow spells are in the measured means: the calm speed is that much faster
+        calm = host.get("spells_calm", 1.0 / spells.mean_factor(SlowSpells(**host["slow_spells"]))) \
+            if host.get("slow_spells") else 1.0
+        svc = {"batch_latency_ms": {k: round(v * host_ratio(host, k) * speed * calm, 4)
+                                    for k, v in prof.curve_ms().items()},
                "variability": {"distribution": OWN_SPREAD, "cv": max(cv, 0.01)},
                "contention": {int(k): float(v["factor"]) for k, v in
                               ((prof.data.get("contention") or {}).get("table") or {}).items() if int(k) > 1}}
@@ -398,8 +403,10 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
             svc["cpu_sharing"] = dict(host["sharing"])
         if host.get("after_idle"):
             svc["after_idle"] = dict(host["after_idle"])
+        if host.get("slow_spells"):
+            svc["slow_spells"] = dict(host["slow_spells"])
         # the decode as it runs in the server beside the model; moment to moment: its time alone (noop run)
-        pre_ms = overhead["preprocess_ms"] if overlap else host["decode_ms"]
+        pre_ms = (overhead["preprocess_ms"] if overlap else host["decode_ms"]) * calm
     # the work outside the model as it runs under load (batch-1 calibration), or the noop run's
     outside = event_loop.overhead_stage(host) or {"overhead_ms": max(overhead["overhead_ms"], 0.0),
                                                   "overhead_cv": 0.0, "response_ms": 0.0}

@@ -1,0 +1,82 @@
+"""Slow spells of the whole machine (``service.slow_spells``): when they fall in a run, and how
+much longer a job that starts in one takes."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+class SpellWindows:
+    """The spells of one replication, as sorted start and end times (int ns), and their slowdown."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, slowdown: float):
+        self.starts, self.ends, self.slowdown = starts, ends, float(slowdown)
+        # Python lists: read once per batch on the SimPy engine's hot path
+        self._starts, self._ends = starts.tolist(), ends.tolist()
+
+    def factor(self, t_ns: int) -> float:
+        """How many times longer a job that starts at ``t_ns`` takes."""
+        from bisect import bisect_right
+
+        i = bisect_right(self._starts, t_ns) - 1
+        return self.slowdown if i >= 0 and t_ns < self._ends[i] else 1.0
+
+
+def windows(spells, horizon_ns: int, rng: np.random.Generator) -> SpellWindows:
+    """Spells from time 0 to ``horizon_ns``: every ``every_s`` at a random phase (``regular``), or
+    with an exponential calm between them of mean ``every_s`` less the spell (so that a spell
+    starts every ``every_s`` on average either way)."""
+    every, length = spells.every_s * 1e9, spells.length_ms * 1e6
+    n = int(horizon_ns / every) + 2
+    if spells.regular:
+        starts = rng.uniform(0.0, every) + every * np.arange(n)
+    else:
+        cycle = length + rng.exponential(every - length, n)
+        starts = np.cumsum(cycle) - cycle[0] * rng.uniform()   # the run starts somewhere in a cycle
+    starts = np.rint(starts).astype(np.int64)
+    return SpellWindows(starts, starts + int(round(length)), spells.slowdown)
+
+
+def mean_factor(spells) -> float:
+    """How much longer work takes on average over a long run: 1 + (slowdown - 1) x the share of
+    the time in spells."""
+    if not spells.every_s:
+        return 1.0
+    return 1.0 + (spells.slowdown - 1.0) * spells.length_ms / 1000.0 / spells.every_s
+
+
+def throughput_factor(spells) -> float:
+    """The share of its calm throughput a machine kept busy keeps: in a spell it does 1 / slowdown
+    of the work, so 1 - f + f / slowdown, f being the share of the time in spells."""
+    if not spells.every_s:
+        return 1.0
+    f = spells.length_ms / 1000.0 / spells.every_s
+    return 1.0 - f + f / spells.slowdown
+
+
+def pool_departures(times_ns: np.ndarray, service_ns: np.ndarray, workers: int, w: SpellWindows) -> np.ndarray:
+    """:func:`capsim.sim.stages.fifo_pool_each` with each request's time stretched by the spell it
+    starts in: departures (int ns), not necessarily sorted with several workers."""
+    return _pool(np.ascontiguousarray(times_ns, dtype=np.int64), np.ascontiguousarray(service_ns, dtype=np.int64),
+                 int(workers), w.starts, w.ends, w.slowdown)
+
+
+@njit(cache=True)
+def _pool(a, s, c, starts, ends, slow):
+    out = np.empty_like(a)
+    free = np.full(max(c, 1), -(2 ** 62), np.int64)
+    for i in range(len(a)):
+        w = 0
+        for k in range(1, c):
+            if free[k] < free[w]:
+                w = k
+        t = a[i] if c <= 0 or a[i] > free[w] else free[w]
+        j = np.searchsorted(starts, t, side="right") - 1
+        d = s[i]
+        if j >= 0 and t < ends[j]:
+            d = np.int64(round(d * slow))
+        if c > 0:
+            free[w] = t + d
+        out[i] = t + d
+    return out
