@@ -3,6 +3,8 @@ much longer a job that starts in one takes."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 from numba import njit
 
@@ -17,8 +19,6 @@ class SpellWindows:
 
     def factor(self, t_ns: int) -> float:
         """How many times longer a job that starts at ``t_ns`` takes."""
-        from bisect import bisect_right
-
         i = bisect_right(self._starts, t_ns) - 1
         return self.slowdown if i >= 0 and t_ns < self._ends[i] else 1.0
 

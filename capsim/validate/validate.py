@@ -379,7 +379,10 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
     the model as measured under load: :mod:`capsim.validate.event_loop`). ``speed`` scales the batch
     times once more (with ``host``): a run's own drift (:mod:`capsim.validate.drift`). The
     decode's measured spread (noop run) becomes ``preprocess.cv``, unless ``decode_spread`` is off
-    (the latest-frame decode line models none)."""
+    (the latest-frame decode line models none). A host with ``slow_spells`` (set by a record
+    script's what-if, ``compare_slow_spells.py``; validate does not measure them) predicts with
+    them, the batch and decode times scaled to the calm speed (``spells_calm``, or else the
+    inverse of the long-run mean factor), since the measured means include the spells."""
     from capsim.profile import load_profile
 
     if host is None:
