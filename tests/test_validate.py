@@ -217,8 +217,8 @@ def test_camera_validation_with_the_latest_frame_decode_line(tiny_profile):
     (c,) = v.cells
     assert v.settings["decode_latest"] is True
     assert c.predicted["stable"]  # the decode line sheds the overload instead of piling it up
-    # how much it sheds follows the decode's speed on this machine at that moment: 0.36-0.48 here
-    # on a quiet VM, up to 0.80 in one CI run; a line that piled up would drop nothing and
+    # how much it sheds follows the decode's speed on this machine at that moment: 0.36 predicted and
+    # 0.48 measured on a quiet VM, 0.80 in one CI run; a line that piled up would drop nothing and
     # grow its tail without bound
     for side in (c.predicted, c.measured):
         assert 0.2 < side["drop_rate"] < 0.9 and side["p95"] < 200
