@@ -12,7 +12,8 @@ import pytest
 
 from capsim.config import SlowSpells, parse_scenario
 from capsim.errors import CapsimError, ScenarioError
-from capsim.sim.spells import SpellWindows, mean_factor, pool_departures, windows
+from capsim.sim.spells import SpellWindows, mean_factor, windows
+from capsim.sim.stages import fifo_pool_each
 from capsim.simulate import make_engine, simulate
 
 from edits import edited  # tests/edits.py
@@ -35,13 +36,13 @@ def test_a_job_that_starts_in_a_spell_takes_longer_by_hand():
     w = SpellWindows(np.array([10, 40]) * MS, np.array([20, 50]) * MS, 3.0)
     assert [w.factor(t * MS) for t in (0, 10, 19, 20, 39, 40, 49, 50, 99)] == [1, 3, 3, 1, 1, 3, 3, 1, 1]
     # one worker: 0 -> 5; 12 starts in the spell: 12 + 15 = 27; 25 waits for it and starts at 27, after the spell
-    out = pool_departures(np.array([0, 12, 25]) * MS, np.array([5, 5, 5]) * MS, 1, w)
+    out = fifo_pool_each(np.array([0, 12, 25]) * MS, np.array([5, 5, 5]) * MS, 1, w)
     assert list(out // MS) == [5, 27, 32]
     # two workers: 12 and 13 both start in the spell (27, 28); 25 waits for the worker free first
     # (27), after the spell: 32. At 41 a job starts in the second spell: 56
-    out = pool_departures(np.array([0, 12, 13, 25, 41]) * MS, np.array([5, 5, 5, 5, 5]) * MS, 2, w)
+    out = fifo_pool_each(np.array([0, 12, 13, 25, 41]) * MS, np.array([5, 5, 5, 5, 5]) * MS, 2, w)
     assert list(out // MS) == [5, 27, 28, 32, 56]
-    assert list(pool_departures(np.array([12, 30]) * MS, np.array([5, 5]) * MS, 0, w) // MS) == [27, 35]  # no pool
+    assert list(fifo_pool_each(np.array([12, 30]) * MS, np.array([5, 5]) * MS, 0, w) // MS) == [27, 35]  # no pool
 
 
 @pytest.mark.parametrize("regular", [True, False])

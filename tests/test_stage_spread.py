@@ -12,7 +12,7 @@ import pytest
 from capsim.config import parse_scenario
 from capsim.errors import CapsimError, ScenarioError
 from capsim.analytic import mmc_sojourn
-from capsim.sim.stages import fifo_one, fifo_pool_each, stage_draws_ns
+from capsim.sim.stages import fifo_pool_each, stage_draws_ns
 from capsim.simulate import make_engine, simulate
 
 from edits import edited  # tests/edits.py
@@ -33,7 +33,7 @@ def scenario(**edits):
 def test_one_worker_by_hand():
     # arrivals 0, 1, 2 and 20 ms taking 3, 1, 1 and 2 ms: the second and third wait for the first
     ms = 1_000_000
-    out = fifo_one(np.array([0, 1, 2, 20]) * ms, np.array([3, 1, 1, 2]) * ms)
+    out = fifo_pool_each(np.array([0, 1, 2, 20]) * ms, np.array([3, 1, 1, 2]) * ms, 1)
     assert list(out // ms) == [3, 4, 5, 22]
 
 

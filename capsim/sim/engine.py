@@ -27,7 +27,7 @@ from capsim.sim.shared_cores import PreprocessPool, SharedCores
 from capsim.sim.queue import (
     DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
-from capsim.sim.spells import pool_departures, windows as spell_windows
+from capsim.sim.spells import windows as spell_windows
 from capsim.sim.stages import fifo_pool, fifo_pool_each, overhead_draws_ms, stage_draws_ns
 
 NS = 1_000_000_000
@@ -146,9 +146,7 @@ class _Run:
             e, server, stale = np.full(len(order), -1, np.int64), None, None
         elif self.pre_ns is not None or (self.spells is not None and pre.ms > 0):  # no network or latest-frame line
             own = self.pre_ns[order] if self.pre_ns is not None else np.full(len(order), round(pre.ms * 1e6))
-            e = (fifo_pool_each(arrival_ns[order], own, pre.workers) if self.spells is None
-                 else pool_departures(arrival_ns[order], own, pre.workers, self.spells))
-            server, stale = None, None
+            e, server, stale = fifo_pool_each(arrival_ns[order], own, pre.workers, self.spells), None, None
             if pre.workers != 1:  # a short decode overtakes a long one: the queue sees them as they finish
                 by_entry = np.argsort(e, kind="stable")
                 order, e = order[by_entry], e[by_entry]

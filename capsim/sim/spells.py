@@ -6,7 +6,6 @@ from __future__ import annotations
 from bisect import bisect_right
 
 import numpy as np
-from numba import njit
 
 
 class SpellWindows:
@@ -53,30 +52,3 @@ def throughput_factor(spells) -> float:
         return 1.0
     f = spells.length_ms / 1000.0 / spells.every_s
     return 1.0 - f + f / spells.slowdown
-
-
-def pool_departures(times_ns: np.ndarray, service_ns: np.ndarray, workers: int, w: SpellWindows) -> np.ndarray:
-    """:func:`capsim.sim.stages.fifo_pool_each` with each request's time stretched by the spell it
-    starts in: departures (int ns), not necessarily sorted with several workers."""
-    return _pool(np.ascontiguousarray(times_ns, dtype=np.int64), np.ascontiguousarray(service_ns, dtype=np.int64),
-                 int(workers), w.starts, w.ends, w.slowdown)
-
-
-@njit(cache=True)
-def _pool(a, s, c, starts, ends, slow):
-    out = np.empty_like(a)
-    free = np.full(max(c, 1), -(2 ** 62), np.int64)
-    for i in range(len(a)):
-        w = 0
-        for k in range(1, c):
-            if free[k] < free[w]:
-                w = k
-        t = a[i] if c <= 0 or a[i] > free[w] else free[w]
-        j = np.searchsorted(starts, t, side="right") - 1
-        d = s[i]
-        if j >= 0 and t < ends[j]:
-            d = np.int64(round(d * slow))
-        if c > 0:
-            free[w] = t + d
-        out[i] = t + d
-    return out

@@ -1,5 +1,6 @@
 """CPU stages with a FIFO pool of identical workers: a fixed time per request, or each request's
-own time; and each request's own overhead outside the model."""
+own time (stretched in the machine's slow spells); and each request's own overhead outside the
+model."""
 
 from __future__ import annotations
 
@@ -50,47 +51,41 @@ def gamma_draws(mean: float, cv: float, n: int, rng: np.random.Generator) -> np.
     return rng.gamma(shape, mean / shape, n)
 
 
-def fifo_one(times_ns: np.ndarray, service_ns: np.ndarray) -> np.ndarray:
-    """Departures (int ns) from one FIFO worker of requests entering at ``times_ns`` (sorted),
-    each taking its own ``service_ns``: d[i] = max(a[i], d[i - 1]) + s[i]. They leave in order."""
-    return _fifo_one(np.ascontiguousarray(times_ns, dtype=np.int64), np.ascontiguousarray(service_ns, dtype=np.int64))
-
-
-def fifo_pool_each(times_ns: np.ndarray, service_ns: np.ndarray, workers: int) -> np.ndarray:
+def fifo_pool_each(times_ns: np.ndarray, service_ns: np.ndarray, workers: int, spells=None) -> np.ndarray:
     """Departures (int ns) from a FIFO pool of ``workers`` of requests entering at ``times_ns``
     (sorted), each taking its own ``service_ns``: each starts, in arrival order, on the worker
-    free first. A short one can overtake a long one, so departures are not sorted.
-    ``workers == 0`` means no pool: each request is delayed by its own time."""
+    free first. With several workers a short one can overtake a long one, so departures are not
+    sorted. ``workers == 0`` means no pool: each request is delayed by its own time. With
+    ``spells`` (:class:`capsim.sim.spells.SpellWindows`) a request that starts in a slow spell
+    takes ``slowdown`` times its time."""
     a = np.ascontiguousarray(times_ns, dtype=np.int64)
     s = np.ascontiguousarray(service_ns, dtype=np.int64)
-    if workers <= 0:
-        return a + s
-    if workers == 1:
-        return _fifo_one(a, s)
-    return _fifo_each(a, s, int(workers))
+    if spells is None:
+        return _pool(a, s, int(workers), _NO_SPELLS, _NO_SPELLS, 1.0)
+    return _pool(a, s, int(workers), spells.starts, spells.ends, spells.slowdown)
+
+
+_NO_SPELLS = np.empty(0, np.int64)
 
 
 @njit(cache=True)
-def _fifo_each(a, s, c):
+def _pool(a, s, c, starts, ends, slow):
     out = np.empty_like(a)
-    free = np.full(c, -(2 ** 62), np.int64)
+    free = np.full(max(c, 1), -(2 ** 62), np.int64)
     for i in range(len(a)):
         w = 0
         for k in range(1, c):
             if free[k] < free[w]:
                 w = k
-        free[w] = (a[i] if a[i] > free[w] else free[w]) + s[i]
-        out[i] = free[w]
-    return out
-
-
-@njit(cache=True)
-def _fifo_one(a, s):
-    out = np.empty_like(a)
-    free = np.int64(-(2 ** 62))
-    for i in range(len(a)):
-        free = (a[i] if a[i] > free else free) + s[i]
-        out[i] = free
+        t = a[i] if c <= 0 or a[i] > free[w] else free[w]
+        d = s[i]
+        if len(starts):
+            j = np.searchsorted(starts, t, side="right") - 1
+            if j >= 0 and t < ends[j]:
+                d = np.int64(round(d * slow))
+        if c > 0:
+            free[w] = t + d
+        out[i] = t + d
     return out
 
 
