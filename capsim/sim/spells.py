@@ -37,18 +37,19 @@ def windows(spells, horizon_ns: int, rng: np.random.Generator) -> SpellWindows:
     return SpellWindows(starts, starts + int(round(length)), spells.slowdown)
 
 
+def time_share(spells) -> float:
+    """The share of the time in spells (0 when there are none)."""
+    return spells.length_ms / 1000.0 / spells.every_s if spells.every_s else 0.0
+
+
 def mean_factor(spells) -> float:
     """How much longer work takes on average over a long run: 1 + (slowdown - 1) x the share of
     the time in spells."""
-    if not spells.every_s:
-        return 1.0
-    return 1.0 + (spells.slowdown - 1.0) * spells.length_ms / 1000.0 / spells.every_s
+    return 1.0 + (spells.slowdown - 1.0) * time_share(spells)
 
 
 def throughput_factor(spells) -> float:
     """The share of its calm throughput a machine kept busy keeps: in a spell it does 1 / slowdown
     of the work, so 1 - f + f / slowdown, f being the share of the time in spells."""
-    if not spells.every_s:
-        return 1.0
-    f = spells.length_ms / 1000.0 / spells.every_s
+    f = time_share(spells)
     return 1.0 - f + f / spells.slowdown
