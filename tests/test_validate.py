@@ -94,6 +94,13 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
         assert given["speed"] == pytest.approx(run["drift"])
         assert 0 < given["p50"] <= given["p95"] <= given["p99"] and math.isfinite(c.errors_pct["p95_given_speed"])
     assert "at each run's own model speed" in table(v)
+    # what an exactly right model would show from the runs' length alone, one figure per draw
+    from capsim.validate.validate import WINDOW_DRAWS
+
+    assert all(len(c.chance_pct["p95"]) == WINDOW_DRAWS for c in v.cells)
+    floor = v.chance_floor("p95")
+    assert 0 <= floor["low"] <= floor["median"] <= floor["high"] and floor["duration_s"] == 3.0
+    assert "an exactly right model would show" in table(v)
     # the rest of each request's latency (HTTP, event loop, client) is a stage of its own, and the
     # tail of each stage is compared too
     # measured under load in the batch-1 calibration: other's spread and the hand-off from the decode
@@ -140,6 +147,7 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     data = json.loads(out.read_text())
     assert set(data["median_abs_error_pct"]) == {"p50", "p95", "p99", "throughput", "p50_given_speed",
                                                  "p95_given_speed", "p99_given_speed"}
+    assert data["median_chance_pct"]["p95"]["median"] == pytest.approx(floor["median"])
     html = tmp_path / "v.html"
     write_report(v, str(html))
     assert "Predicted vs measured" in html.read_text() and "Plotly.newPlot" in html.read_text()
@@ -234,10 +242,12 @@ def test_repeated_cells_report_their_own_noise(tiny_profile):
     for k in ("p50", "p95", "p99"):
         lo, hi = c.measured["spread"][k]
         assert lo <= c.measured[k] <= hi  # the median of the three runs
-        assert c.noise_pct[k] == pytest.approx(100 * (hi - lo) / 2 / c.measured[k])
+        # the noise is the spread of the runs' errors, each run against its own schedule's prediction
+        errs = [100 * (p[k] - r[k]) / r[k] for p, r in zip(c.predicted["per_run"], c.measured["per_run"])]
+        assert len(errs) == 3 and c.noise_pct[k] == pytest.approx((max(errs) - min(errs)) / 2)
     assert v.median_noise("p95") == c.noise_pct["p95"]
     text = table(v)
-    assert "p95 noise%" in text and "the measurement's own noise" in text
+    assert "p95 noise%" in text and "the measurement's own noise" in text and "its own arrival schedule" in text
     from capsim import charts
 
     fig = charts.predicted_vs_measured([c.to_dict()])  # the runs' range as a bar around the median

@@ -170,12 +170,13 @@ class Cell:
     stages: dict = field(default_factory=dict)   # stage -> (predicted ms, measured ms, error %)
     noise_pct: dict = field(default_factory=dict)  # percentile -> half the range of repeated runs, % (None: one run)
     stages_p95: dict = field(default_factory=dict)  # stage -> (predicted p95 ms, measured p95 ms, error %)
+    chance_pct: dict = field(default_factory=dict)  # percentile -> an exactly right model's error, one per draw
 
     def to_dict(self) -> dict:
         return {"max_batch_size": self.max_batch_size, "max_queue_delay_ms": self.max_queue_delay_ms,
                 "load": self.load, "rate_rps": self.rate_rps, "predicted": self.predicted, "measured": self.measured,
                 "errors_pct": self.errors_pct, "stages": self.stages, "noise_pct": self.noise_pct,
-                "stages_p95": self.stages_p95}
+                "stages_p95": self.stages_p95, "chance_errors_pct": self.chance_pct}
 
 
 def _err(pred, meas) -> float | None:
@@ -199,10 +200,23 @@ class Validation:
         return float(np.median(errs)) if errs else None
 
     def median_noise(self, key: str, max_load: float = TARGET_MAX_LOAD) -> float | None:
-        """The measurement's own repeatability: median over the cells of half the range of their runs."""
+        """The measurement's own repeatability: median over the cells of half the range of their runs'
+        errors, each run against the prediction for its own arrival schedule (:func:`run_error_noise`;
+        of their raw percentiles where the prediction is not run by run)."""
         vals = [c.noise_pct[key] for c in self.cells if c.load <= max_load + 1e-9
                 and c.noise_pct.get(key) is not None]
         return float(np.median(vals)) if vals else None
+
+    def chance_floor(self, key: str, max_load: float = TARGET_MAX_LOAD) -> dict | None:
+        """The median |error| an exactly right model would show over the same cells from the runs'
+        length alone (:func:`chance_errors`): one figure per draw; their median and range. None
+        without the draws (long-run predictions, streams)."""
+        lists = [c.chance_pct[key] for c in self.cells if c.load <= max_load + 1e-9 and c.chance_pct.get(key)]
+        if not lists or len({len(x) for x in lists}) != 1:
+            return None
+        floors = np.median(np.abs(np.array(lists)), axis=0)   # over the cells, per draw
+        return {"median": float(np.median(floors)), "low": float(floors.min()), "high": float(floors.max()),
+                "duration_s": self.settings.get("duration_s")}
 
     def to_dict(self) -> dict:
         return {"model": self.model, "profile": self.profile, "overhead": self.overhead, "settings": self.settings,
@@ -210,6 +224,7 @@ class Validation:
                 "median_abs_error_pct": {k: self.median_abs_error(k) for k in
                                          ("p50", "p95", "p99", "throughput", *GIVEN_SPEED_KEYS)},
                 "median_noise_pct": {k: self.median_noise(k) for k in ("p50", "p95", "p99")},
+                "median_chance_pct": {k: self.chance_floor(k) for k in ("p50", "p95", "p99")},
                 "target": {"median_abs_error_pct": TARGET_ERROR_PCT, "loads_up_to": TARGET_MAX_LOAD},
                 "generator_cpu_percent": self.generator_cpu_percent}
 
@@ -726,9 +741,14 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"],
                          "p99": r["latency_ms"]["p99"], "throughput": r["throughput_rps"] if sim.stable else None,
                          "mean_batch_size": request_batch_size(sim.batch_size_histogram), "stable": sim.stable}
+            chance = None
             if windows and sim.stable:  # compare like with like; overload stays reported as unstable
                 predicted["steady_state"] = {k: predicted[k] for k in ("p50", "p95", "p99")}
                 predicted.update(window_percentiles(sc, duration, [seed + rep for rep in range(repeat)]))
+                chance = predicted.pop("chance_errors_pct", None)
+                run_preds = predicted.get("per_run")
+                if run_preds and len(run_preds) > 1:
+                    noise = run_error_noise(run_preds, measured_runs[b, d][load]) or noise
             runs = measured_runs[b, d][load]
             given = _given_speed(sim, base, runs, host, rate, duration, seed, windows,
                                  lambda k: scenario_for(profile, overhead, b, d, instances, preprocess_workers,
@@ -753,6 +773,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                 sim_p95 = stage_p95(stage_times(sim, handoff))
                 cell.stages_p95 = {k: (sim_p95[k], stage_p95s[k], _err(sim_p95[k], stage_p95s[k])) for k in sim_p95}
             cell.noise_pct = noise
+            cell.chance_pct = chance or {}
             cells.append(cell)
     over = {**overhead, "host": host}
     if closing is not None:
@@ -829,7 +850,7 @@ def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None 
 
     draws = draws or WINDOW_DRAWS
     engine = make_engine(sc)
-    per_run = []
+    by_run = []   # per run: (draws, 3) percentiles
     for s in seeds:
         arr = schedule(Arrivals(process="poisson", rate_rps=sc.arrivals.rate_rps), duration, s)
         skip = int(len(arr) * WARMUP_FRACTION)
@@ -837,13 +858,39 @@ def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None 
         for k in range(draws):
             lat = engine.run(arr, np.random.default_rng([s, k])).latency_ms[skip:]
             lat = lat[np.isfinite(lat)]
-            if len(lat):
-                vals.append(np.percentile(lat, [50, 95, 99]))
-        if vals:
-            per_run.append(np.median(vals, axis=0))
+            vals.append(np.percentile(lat, [50, 95, 99]) if len(lat) else np.full(3, np.nan))
+        by_run.append(np.array(vals))
+    per_run = [np.nanmedian(v, axis=0) for v in by_run if np.isfinite(v).any()]
     if not per_run:
         return {}
-    return dict(zip(("p50", "p95", "p99"), (float(v) for v in np.median(per_run, axis=0))))
+    out = dict(zip(QUANTILES, (float(v) for v in np.median(per_run, axis=0))))
+    if len(per_run) == len(seeds):   # run by run, for the runs' own errors
+        out["per_run"] = [dict(zip(QUANTILES, (float(x) for x in v))) for v in per_run]
+    out["chance_errors_pct"] = chance_errors(by_run)
+    return out
+
+
+QUANTILES = ("p50", "p95", "p99")
+
+
+def chance_errors(by_run: list[np.ndarray]) -> dict[str, list[float]] | None:
+    """The errors an exactly right model would show in this cell from the runs' length alone.
+
+    ``by_run`` holds, per measured run, each service-time draw's p50/p95/p99 for that run's own
+    arrival schedule. Draw ``k`` of every run stands in for the measurement (the median over the
+    runs, as :func:`_combine` takes it) and the other draws make the prediction (the median over
+    draws, then over runs): the error is then only what a finite run leaves to chance. None with
+    fewer than 3 draws."""
+    arr = np.array(by_run)   # (runs, draws, 3)
+    if arr.ndim != 3 or arr.shape[1] < 3 or not np.isfinite(arr).all():
+        return None
+    out = {q: [] for q in QUANTILES}
+    for k in range(arr.shape[1]):
+        measured = np.median(arr[:, k, :], axis=0)
+        predicted = np.median(np.median(np.delete(arr, k, axis=1), axis=1), axis=0)
+        for i, q in enumerate(QUANTILES):
+            out[q].append(float((predicted[i] - measured[i]) / measured[i] * 100.0))
+    return out
 
 
 STAGE_HEADERS = {"preprocess": P.H_PREPROCESS, "decode": P.H_DECODE, "queue_wait": P.H_QUEUE_WAIT,
@@ -893,6 +940,21 @@ def _measure_run(res) -> dict:
             "dropped": sum(1 for r in res.rows if r["outcome"] != "ok"),
             "stages": {k: float(np.mean(v)) if len(v) else None for k, v in st.items()},
             "stages_p95": stage_p95(st), "ok_rows": ok}
+
+
+def run_error_noise(predicted_runs: list[dict], runs: list[dict]) -> dict | None:
+    """Half the range of the runs' own errors (points): each run against the prediction for its own
+    arrival schedule. Two runs of a cell send different schedules, and near capacity one may meet a
+    long busy period that the other does not: the spread of their raw percentiles is then mostly the
+    schedule, which the prediction already follows run by run. What is left is the machine and
+    chance. None unless every run has a finite error for every percentile."""
+    out = {}
+    for k in QUANTILES:
+        errs = [_err(p.get(k), r.get(k)) for p, r in zip(predicted_runs, runs)]
+        if len(errs) < 2 or len(predicted_runs) != len(runs) or any(e is None for e in errs):
+            return None
+        out[k] = (max(errs) - min(errs)) / 2.0
+    return out
 
 
 def _combine(runs: list[dict]) -> tuple[dict, dict, dict, dict]:
@@ -1138,6 +1200,27 @@ def _pct(x):
     return None if x is None else 100 * x
 
 
+CHANCE_GOAL_PCT = TARGET_ERROR_PCT / 2   # a floor this low leaves the target to the model
+
+
+def runs_needed_s(floor: dict) -> float | None:
+    """About how long each run must be for the chance floor to fall to :data:`CHANCE_GOAL_PCT`: a
+    percentile's sampling error shrinks as one over the root of the requests it is taken from."""
+    if not floor.get("duration_s") or floor["median"] <= CHANCE_GOAL_PCT:
+        return None
+    return 5.0 * math.ceil(floor["duration_s"] * (floor["median"] / CHANCE_GOAL_PCT) ** 2 / 5.0)
+
+
+def _chance_line(floor: dict | None) -> list[str]:
+    if floor is None:
+        return []
+    need = runs_needed_s(floor)
+    return [f"    an exactly right model would show {floor['median']:.1f} % here ({floor['low']:.1f}-"
+            f"{floor['high']:.1f} % over the draws): the chance a {floor['duration_s']:g} s run leaves (service "
+            f"times drawn again on the same arrivals; the machine's drift not counted)"
+            + (f"; runs of about {need:g} s would bring it to {CHANCE_GOAL_PCT:g} %" if need else "")]
+
+
 def table(v: Validation) -> str:
     """Predicted vs measured, one line per cell, then the median absolute errors."""
     def f(x, w=7, d=1):
@@ -1206,10 +1289,14 @@ def table(v: Validation) -> str:
         noise = v.median_noise(k) if k != "throughput" else None
         lines.append(f"median |error| of {k:10s} over loads <= {TARGET_MAX_LOAD}: "
                      f"{'–' if mae is None else f'{mae:.1f} %'}{mark}"
-                     + (f"   (the measurement's own noise: ±{noise:.1f} %, half the range of "
-                        f"{v.settings.get('repeat')} runs per cell)" if noise is not None else "")
+                     + (f"   (the measurement's own noise: ±{noise:.1f} %, half the range of the errors of "
+                        f"{v.settings.get('repeat')} runs per cell" + (", each against its own arrival schedule)"
+                                                                        if v.settings.get("windows") else ")")
+                        if noise is not None else "")
                      + ("; the noise is above the target: this machine cannot settle it"
                         if mark and noise is not None and noise > TARGET_ERROR_PCT else ""))
+        if k != "throughput":
+            lines.extend(_chance_line(v.chance_floor(k)))
     if v.generator_cpu_percent:
         lines.append(f"load generator CPU: {np.mean(v.generator_cpu_percent):.0f} % of one core on average "
                      f"(max {max(v.generator_cpu_percent):.0f} %), on the same machine as the server")
