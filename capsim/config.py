@@ -229,6 +229,22 @@ class SlowSpells:
 
 
 @dataclass
+class SpeedSwings:
+    """The whole machine's speed swinging from window to window: a batch or a pre-processing job
+    that starts in a window takes that window's factor times as long. The factors are lognormal
+    with mean 1 and spread ``cv``; their logs follow each other with lag-one ``correlation``.
+
+    On the 2-core VM the model's speed, taken second by second from the server's own batch
+    times, moved x0.7-x1.7 within a minute. Near capacity a few slow seconds leave a queue that
+    takes many seconds to drain: a tail that independent per-batch spread does not make.
+    ``capsim validate`` measures it in its batch-1 calibration runs. The SimPy engine simulates it."""
+
+    cv: float = spec(0.0, "spread (coefficient of variation) of the windows' factors; 0 = off", ge=0, ui_max=1)
+    window_s: float = spec(1.0, "how long the machine keeps one speed", unit="s", gt=0, ui_max=60)
+    correlation: float = spec(0.0, "lag-one correlation of the log factors from window to window", ge=0, lt=1)
+
+
+@dataclass
 class Service:
     """Model service time per batch size, and the time spent outside the model."""
 
@@ -265,6 +281,8 @@ class Service:
                                       "(threads asleep, caches cold)", factory=AfterIdle)
     slow_spells: SlowSpells = spec(help="spells in which the whole machine runs slower (a shared host)",
                                    factory=SlowSpells)
+    speed_swings: SpeedSwings = spec(help="the whole machine's speed swinging from window to window (a shared "
+                                          "host)", factory=SpeedSwings)
     # The loaded calibration profile, when `profile` is set; not a user field.
     loaded_profile: Any = field(default=None, repr=False, compare=False, metadata={"internal": True})
 
@@ -734,6 +752,7 @@ def _check_scenario(sc: Scenario, problems: list[str], base_dir: str | Path = ".
     problems += _cpu_sharing_problems(sc)
     problems += _stage_spread_problems(sc)
     problems += _slow_spells_problems(sc)
+    problems += _speed_swings_problems(sc)
 
     b = sc.batching
     for i, p in enumerate(b.preferred_batch_sizes):
@@ -861,6 +880,19 @@ def _slow_spells_problems(sc) -> list[str]:
                        ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
         if used:
             out.append(f"service.slow_spells: not modelled with {name}; remove one of the two")
+    return out
+
+
+def _speed_swings_problems(sc) -> list[str]:
+    if not sc.service.speed_swings.cv:
+        return []
+    out = []
+    if sc.service.slow_spells.every_s:
+        out.append("service.speed_swings: not modelled with service.slow_spells; remove one of the two")
+    for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
+                       ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
+        if used:
+            out.append(f"service.speed_swings: not modelled with {name}; remove one of the two")
     return out
 
 

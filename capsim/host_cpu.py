@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from capsim.sim.spells import throughput_factor
+from capsim.sim.spells import machine_throughput_factor
 
 # A host that is saturated by its own work leaves the model nothing: the batch is this many
 # times slower, which the simulator reports as an unbounded queue (unstable), never a latency.
@@ -170,14 +170,15 @@ def engine_curve_ms(sc) -> dict[int, float]:
 
 
 def sustainable_rps(sc, bound_at) -> float:
-    """Highest offered rate the model keeps up with when it shares the cores (and in the machine's
-    slow spells, which take a share of its throughput: ``service.slow_spells``).
+    """Highest offered rate the model keeps up with when it shares the cores (and with the
+    machine's speed over time: ``service.slow_spells`` take a share of its throughput,
+    ``service.speed_swings`` of mean 1 add a little).
 
     ``bound_at(curve)`` is the model's throughput bound (requests/s) for a curve of the time an
     instance is held per batch (the compute time and ``service.batch_overhead_ms``); the answer is
     the rate where that bound, with the compute slowed at that rate, equals the rate (found by
     bisection: the bound only falls as the rate rises)."""
-    return throughput_factor(sc.service.slow_spells) * _sustainable_rps(sc, bound_at)
+    return machine_throughput_factor(sc.service) * _sustainable_rps(sc, bound_at)
 
 
 def _sustainable_rps(sc, bound_at) -> float:

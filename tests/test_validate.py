@@ -78,6 +78,11 @@ def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
     fitted = host["after_idle_fit"]
     assert fitted["batches"] > 10 and fitted["extra_ms"] >= 0 and math.isfinite(fitted["se_ms"])
     assert "fitted over" in table(v)
+    # each batch-1 run's batches by start time: the machine's speed from second to second, measured
+    # and printed, not in the prediction without --speed-swings
+    assert len(host["swing_runs"]) == 12 and host["speed_swings_fit"]["cv"] >= 0
+    assert "speed_swings" not in host and not v.settings["speed_swings"]
+    assert "the machine's speed from second to second" in table(v) and "(--speed-swings)" in table(v)
     for c in v.cells:
         # predicted as the 3-second runs measure; the long-run figures are kept beside them
         assert c.predicted["steady_state"]["p95"] > 0 and c.predicted["p95"] > 0

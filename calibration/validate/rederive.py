@@ -19,6 +19,8 @@ def derive(record: dict, fit_strength: bool = False, fit_decode: bool = False) -
     ov, st = record["overhead"], record["settings"]
     raw = record["overhead"]["host"]
     host = bracket_host(raw, None)
+    if raw.get("speed_swings"):   # a what-if's (compare_speed_swings.py): before the spread's fit
+        host["speed_swings"] = raw["speed_swings"]
     share_cores(host, ov, st.get("threads"), st["instances"], cores=raw["sharing"]["cores"], corun=raw["corun"])
     if raw.get("idle_runs"):   # fitted to the server's own batch-1 runs (records from v on)
         host["after_idle_fit"] = idle.fit_in_server(host["idle_runs"])

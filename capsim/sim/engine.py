@@ -27,7 +27,7 @@ from capsim.sim.shared_cores import PreprocessPool, SharedCores
 from capsim.sim.queue import (
     DROPPED, STALE, STRIDE, Admission, ContiguousQueue, Intake, QueueTimeout, RequestQueue,
 )
-from capsim.sim.spells import windows as spell_windows
+from capsim.sim.spells import machine_windows
 from capsim.sim.stages import fifo_pool, fifo_pool_each, overhead_draws_ms, stage_draws_ns
 
 NS = 1_000_000_000
@@ -138,10 +138,10 @@ class _Run:
         self.overhead = overhead_draws_ms(sc.service, n, rng)
         # each request's own pre-processing time, from a stream of its own (the service draws stay as they were)
         self.pre_ns = stage_draws_ns(pre, n, rng.spawn(1)[0]) if pre.cv > 0 else None
-        sp = sc.service.slow_spells
-        if sp.every_s:  # a stream of its own, drawn last, so that every other draw stays as it was
+        if sc.service.slow_spells.every_s or sc.service.speed_swings.cv:
+            # a stream of its own, drawn last, so that every other draw stays as it was
             horizon = 2 * int(arrival_ns.max(initial=0)) + 100 * NS   # draining may outlast the arrivals
-            self.spells = spell_windows(sp, horizon, rng.spawn(1)[0])
+            self.spells = machine_windows(sc.service, horizon, rng.spawn(1)[0])
         if self.shared:  # pre-processing runs in the event loop, beside the batches: entries come later
             e, server, stale = np.full(len(order), -1, np.int64), None, None
         elif self.pre_ns is not None or (self.spells is not None and pre.ms > 0):  # no network or latest-frame line
@@ -326,7 +326,7 @@ class _Run:
             dt = round(eng.mean_ns[b] * m * eng.contention[on_device])
         if eng.idle_extra_ns:  # the instance's threads and caches went cold while it waited
             dt += round(eng.idle_extra_ns * (1.0 - math.exp(-(now - self.idle_since[inst]) / eng.idle_tau_ns)))
-        if self.spells is not None:  # the machine is in a slow spell
+        if self.spells is not None:  # the machine's speed now: a slow spell or a swing
             dt = round(dt * self.spells.factor(now))
         work = dt  # the model's run; the instance is held the batch overhead besides
         dt += eng.held_ns

@@ -51,6 +51,7 @@ def unsupported_features(sc: Scenario) -> list[str]:
         ("service.after_idle", sc.service.after_idle.extra_ms > 0),
         ("service.preprocess.cv", sc.service.preprocess.cv > 0),
         ("service.slow_spells", sc.service.slow_spells.every_s > 0),
+        ("service.speed_swings", sc.service.speed_swings.cv > 0),
     ]
     return [name for name, used in checks if used]
 

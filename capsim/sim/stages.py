@@ -56,20 +56,21 @@ def fifo_pool_each(times_ns: np.ndarray, service_ns: np.ndarray, workers: int, s
     (sorted), each taking its own ``service_ns``: each starts, in arrival order, on the worker
     free first. With several workers a short one can overtake a long one, so departures are not
     sorted. ``workers == 0`` means no pool: each request is delayed by its own time. With
-    ``spells`` (:class:`capsim.sim.spells.SpellWindows`) a request that starts in a slow spell
-    takes ``slowdown`` times its time."""
+    ``spells`` (:class:`capsim.sim.spells.SpellWindows`) a request that starts in a window takes
+    that window's factor times its time."""
     a = np.ascontiguousarray(times_ns, dtype=np.int64)
     s = np.ascontiguousarray(service_ns, dtype=np.int64)
     if spells is None:
-        return _pool(a, s, int(workers), _NO_SPELLS, _NO_SPELLS, 1.0)
-    return _pool(a, s, int(workers), spells.starts, spells.ends, spells.slowdown)
+        return _pool(a, s, int(workers), _NO_SPELLS, _NO_SPELLS, _NO_FACTORS)
+    return _pool(a, s, int(workers), spells.starts, spells.ends, spells.factors)
 
 
 _NO_SPELLS = np.empty(0, np.int64)
+_NO_FACTORS = np.empty(0, np.float64)
 
 
 @njit(cache=True)
-def _pool(a, s, c, starts, ends, slow):
+def _pool(a, s, c, starts, ends, factors):
     out = np.empty_like(a)
     free = np.full(max(c, 1), -(2 ** 62), np.int64)
     for i in range(len(a)):
@@ -82,7 +83,7 @@ def _pool(a, s, c, starts, ends, slow):
         if len(starts):
             j = np.searchsorted(starts, t, side="right") - 1
             if j >= 0 and t < ends[j]:
-                d = np.int64(round(d * slow))
+                d = np.int64(round(d * factors[j]))
         if c > 0:
             free[w] = t + d
         out[i] = t + d

@@ -286,6 +286,10 @@ def add_validate_parser(sub) -> None:
                    help="fit, from batch 1's compute times in the server at a light and a heavier rate, the "
                         "share of the co-run's slowdown a batch pays there (by default the co-run's speeds are "
                         "used as measured)")
+    v.add_argument("--speed-swings", action="store_true",
+                   help="predict with the machine's speed swinging from second to second as the batch-1 "
+                        "calibration runs measured it (service.speed_swings; by default it is measured and "
+                        "printed, not used)")
     v.add_argument("--out", help="validation.html (table + chart) or validation.json")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
 

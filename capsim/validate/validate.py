@@ -32,7 +32,7 @@ from capsim.config import SlowSpells, parse_scenario
 from capsim.errors import CapsimError
 from capsim.host_cpu import log_interp
 from capsim.sim import spells
-from capsim.validate import drift, event_loop, idle
+from capsim.validate import drift, event_loop, idle, swings
 from capsim.validate import server_fit
 from capsim.validate import protocol as P
 
@@ -168,7 +168,7 @@ class Cell:
     measured: dict
     errors_pct: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)   # stage -> (predicted ms, measured ms, error %)
-    noise_pct: dict = field(default_factory=dict)  # percentile -> half the range of repeated runs, % (None: one run)
+    noise_pct: dict = field(default_factory=dict)  # percentile -> half the range of the runs' errors, points (None: one run)
     stages_p95: dict = field(default_factory=dict)  # stage -> (predicted p95 ms, measured p95 ms, error %)
     chance_pct: dict = field(default_factory=dict)  # percentile -> an exactly right model's error, one per draw
 
@@ -327,7 +327,7 @@ def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration:
         + " and ".join(f"{r:.1f}" for r in rates) + f" rps for {duration:g} s"
         + (" each, in turns)" if turns > 1 else ")"))
     ok: dict[float, list[dict]] = {r: [] for r in rates}
-    idle_runs = []
+    idle_runs, swing_runs = [], []
     with ServerProcess([*server_args, "--max-batch-size", "1", "--max-queue-delay-ms", "0"]) as srv:
         _warm_up(srv.url, rate, seed, payload, shape)  # as before every cell: the first runs of a session are slow
         for turn in range(turns):
@@ -335,6 +335,7 @@ def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration:
                 rows = _load(srv.url, r, duration / turns, seed + turn, payload, shape).rows
                 ok[r] += _measured(rows)
                 idle_runs.append([np.round(v, 3).tolist() for v in idle.idle_gaps(rows)])
+                swing_runs.append([np.round(v, 3).tolist() for v in swings.batch_series(rows)])
     if min(len(v) for v in ok.values()) < 10:
         raise CapsimError("validate: the model server completed too few requests in its calibration run")
     times = np.array([row[P.H_COMPUTE] for row in ok[rate]])
@@ -347,7 +348,7 @@ def _measure_batch_one(server_args, prof, shape, payload, rate: float, duration:
            "decode_ms": _mean(ok[rate], P.H_DECODE), "requests": len(ok[rate]), "rate_rps": rate,
            # the rest of the latency in the loaded server: the scenario's overhead (event_loop)
            "other_ms": float(np.mean(other)), **event_loop.loaded(ok[rate], other, rate, workers),
-           "idle_runs": idle_runs}
+           "idle_runs": idle_runs, "swing_runs": swing_runs}
     if light_rate is not None:
         light = service_mean([row[P.H_COMPUTE] for row in ok[light_rate]])
         out.update(compute_b1_light_ms=light, compute_ratio_light=light / b1, rate_light_rps=light_rate)
@@ -423,6 +424,8 @@ def scenario_for(profile: str, overhead: dict, b: int, d: float, instances: int,
             svc["after_idle"] = dict(host["after_idle"])
         if host.get("slow_spells"):
             svc["slow_spells"] = dict(host["slow_spells"])
+        elif (host.get("speed_swings") or {}).get("cv"):   # of mean 1: the measured means stand
+            svc["speed_swings"] = {k: host["speed_swings"][k] for k in ("cv", "window_s", "correlation")}
         # the decode as it runs in the server beside the model; moment to moment: its time alone (noop run)
         pre_ms = (overhead["preprocess_ms"] if overlap else host["decode_ms"]) * calm
     # the work outside the model as it runs under load (batch-1 calibration), or the noop run's
@@ -465,6 +468,20 @@ def b1_service_times(profile: str, overhead: dict, host: dict, instances: int, p
     keep = t.completed & ~t.warmup
     # the model's run, as the server times it: without the batch overhead
     return (t.end - t.start)[keep] * 1000.0 - sim.scenario.service.batch_overhead_ms
+
+
+def b1_batch_series(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
+                    seed: int, requests: int = 8000) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The simulated B=1 server at the batch-1 calibration's rate, without speed swings, as one run
+    of (batch start ms, compute ms) in start order (:func:`capsim.validate.swings.fit`'s baseline)."""
+    steady = {k: v for k, v in host.items() if k != "speed_swings"}
+    sim = b1_simulation(profile, overhead, steady, instances, preprocess_workers, seed, requests)[0]
+    t = sim.traces[0]
+    keep = t.completed & ~t.warmup
+    start = t.start[keep] * 1000.0
+    order = np.argsort(start, kind="stable")
+    compute = (t.end - t.start)[keep] * 1000.0 - sim.scenario.service.batch_overhead_ms
+    return [(start[order], compute[order])]
 
 
 def share_cores(host: dict, overhead: dict, threads: int | None, instances: int, cores: int | None = None,
@@ -590,6 +607,15 @@ def _outside_text(host: dict) -> str:
     return text
 
 
+def _swings_text(host: dict) -> str:
+    f = host.get("speed_swings_fit")
+    if not f:
+        return ""
+    return (f"; the machine's speed from second to second: ±{100 * f['cv']:.1f} % (lag-one correlation "
+            f"{f['correlation']:.2f}, over {f['windows']} windows of the batch-1 runs), "
+            + ("in the prediction" if host.get("speed_swings") else "not in the prediction (--speed-swings)"))
+
+
 def _idle_text(host: dict) -> str:
     f = host.get("after_idle_fit")
     if not f:
@@ -620,7 +646,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
              host_calibration: bool = True, threads: int | None = None, progress=None,
              cpu_sharing: bool = True, repeat: int = 1, overlap: bool = True, windows: bool = True,
              corun_seconds: float = 3.0, closing_calibration: bool = True, after_idle: bool = True,
-             overlap_fit: bool = False) -> Validation:
+             overlap_fit: bool = False, speed_swings: bool = False) -> Validation:
     """Predicted vs measured for every config and load; with ``repeat`` > 1 each cell is measured
     that many times (seeds differ) and compared by the median, with the runs' spread as its noise."""
     from capsim.profile import load_profile
@@ -657,6 +683,13 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         server_fit.fit_decode_speed(h, ov, lambda hh: decode_ms(*b1_simulation(profile, ov, hh, instances,
                                                                               preprocess_workers, seed)))
         server_fit.fit_spread(h, lambda hh: b1_service_times(profile, ov, hh, instances, preprocess_workers, seed))
+        if h.get("swing_runs"):   # beyond what the model already makes from second to second
+            h["speed_swings_fit"] = swings.fit(h["swing_runs"], baseline=b1_batch_series(
+                profile, ov, h, instances, preprocess_workers, seed))
+            if speed_swings and h["speed_swings_fit"]["cv"] > 0:
+                h["speed_swings"] = h["speed_swings_fit"]   # and the own spread is what is left
+                server_fit.fit_spread(h, lambda hh: b1_service_times(profile, ov, hh, instances,
+                                                                     preprocess_workers, seed))
 
     def calibrate(label: str) -> tuple[dict, dict | None]:
         """The server's overhead and, with host calibration, how the model runs inside it."""
@@ -676,7 +709,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
         derive(h, ov)
         say(f"{label}: inside the server: compute x{h['compute_ratio']:.2f} the profile at batch 1"
             + (f", x{h['compute_ratio_bmax']:.2f} at batch {h['bmax']}" if "bmax" in h else "")
-            + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h) + _outside_text(h) + _idle_text(h))
+            + f", decode {h['decode_ms']:.2f} ms" + _sharing_text(h) + _outside_text(h) + _idle_text(h)
+            + _swings_text(h))
         return ov, h
 
     overhead, host = calibrate("opening calibration")
@@ -786,7 +820,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                        "overlap": bool(host and (host.get("sharing") or {}).get("overlap")),
                        "after_idle": bool(host and host.get("after_idle")),
                        "closing_calibration": closing_calibration,
-                       "overlap_strength": host.get("overlap_strength") if host else None})
+                       "overlap_strength": host.get("overlap_strength") if host else None,
+                       "speed_swings": bool(host and host.get("speed_swings"))})
 
 
 # What a bracketed calibration averages: times arithmetically, ratios geometrically.
@@ -807,6 +842,8 @@ def mean_of(calibrations: list[dict | None]) -> dict | None:
     out = dict(calibrations[0])
     if all(c.get("idle_runs") is not None for c in calibrations):
         out["idle_runs"] = [r for c in calibrations for r in c["idle_runs"]]   # each run keeps its own base time
+    if all(c.get("swing_runs") is not None for c in calibrations):
+        out["swing_runs"] = [r for c in calibrations for r in c["swing_runs"]]  # each about its own mean
     for k in _MEAN_KEYS + _RATIO_KEYS:
         vals = [c.get(k) for c in calibrations]
         if all(v is not None for v in vals):
@@ -832,7 +869,7 @@ def mean_host(hosts: list[dict | None]) -> dict | None:
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
                                                     "compute_ratio_alone", "after_idle", "idle_slowdown",
                                                     "after_idle_fit", "overlap_strength", "own_cv",
-                                                    "decode_speed")}
+                                                    "decode_speed", "speed_swings", "speed_swings_fit")}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
@@ -959,8 +996,9 @@ def run_error_noise(predicted_runs: list[dict], runs: list[dict]) -> dict | None
 
 def _combine(runs: list[dict]) -> tuple[dict, dict, dict, dict]:
     """Repeated runs of one cell -> (the median of each figure, the median stage means, the noise
-    of each percentile: half the range of the runs as a % of their median, None with one run;
-    the median stage p95s)."""
+    of each percentile: half the range of the runs as a % of their median, None with one run,
+    which :func:`run_error_noise` replaces where the prediction is made run by run; the median
+    stage p95s)."""
     def med(vals):
         vals = [v for v in vals if v is not None and math.isfinite(v)]
         return float(np.median(vals)) if vals else None
@@ -1238,7 +1276,8 @@ def table(v: Validation) -> str:
                  f"{v.overhead['host']['compute_bmax_ms']:.1f} vs {v.overhead['host']['profile_bmax_ms']:.1f} ms"
                  if "bmax" in v.overhead["host"] else "") + "), decode "
               f"{v.overhead['host']['decode_ms']:.2f} ms{_sharing_text(v.overhead['host'])}"
-              f"{_outside_text(v.overhead['host'])}{_idle_text(v.overhead['host'])}: the prediction uses these"
+              f"{_outside_text(v.overhead['host'])}{_idle_text(v.overhead['host'])}"
+              f"{_swings_text(v.overhead['host'])}: the prediction uses these"
               if v.overhead.get("host") else
               "prediction from the profile as measured alone (--no-host-calibration)"),
              *([_drift_text([v.overhead["opening"], *v.overhead.get("between", []), v.overhead["closing"]])]
@@ -1367,7 +1406,7 @@ def cmd_validate(args) -> int:
                      threads=args.threads, progress=say, cpu_sharing=not args.no_cpu_sharing, repeat=args.repeat,
                      overlap=not args.no_overlap, windows=not args.steady_state,
                      closing_calibration=not args.no_closing_calibration, after_idle=not args.no_after_idle,
-                     overlap_fit=args.overlap_fit)
+                     overlap_fit=args.overlap_fit, speed_swings=args.speed_swings)
     print(table(v))
     if args.out:
         try:
