@@ -331,3 +331,20 @@ def test_bracketing_averages_times_and_ratios():
     assert bracket({"preprocess_ms": 6.0, "host_cpu_ms": None}, {"preprocess_ms": 8.0, "host_cpu_ms": 12.0}) == {
         "preprocess_ms": 7.0, "host_cpu_ms": None}
     assert bracket(opening, None) is opening and bracket_host(None, closing) is None
+
+
+def test_an_unstable_prediction_has_no_stage_means():
+    # overload is unstable, not a queue wait of seconds that looks like a latency
+    from capsim.plan import with_rate
+    from capsim.simulate import simulate
+    from capsim.validate.validate import predicted_stages, scenario_for
+
+    from test_server_fit import OVERHEAD, PROFILE, host_measuring
+
+    sc = scenario_for(PROFILE, OVERHEAD, 1, 0.0, 1, 1, 10.0, 1, host_measuring(1.0, alone=1.1))
+    calm = predicted_stages(simulate(with_rate(sc, 5.0)), sc, handoff_ms=1.0)
+    assert set(calm) == {"preprocess", "decode", "queue_wait", "compute", "other"}
+    assert all(v is not None and v >= 0 for v in calm.values())
+    assert calm["preprocess"] >= calm["decode"] + 1.0 - 1e-9
+    over = simulate(with_rate(sc, 1000.0))
+    assert not over.stable and all(v is None for v in predicted_stages(over, sc).values())

@@ -790,12 +790,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             measured["per_run"] = given.pop("per_run")
             if given:
                 predicted["given_speed"] = given
-            bd, held = sim.breakdown_ms, base.service.batch_overhead_ms   # the server counts it in other
-            stages = {"preprocess": (bd["preprocess"] + handoff, stage_means["preprocess"]),
-                      "decode": (decode_ms(sim, base), stage_means["decode"]),
-                      "queue_wait": (bd["queue_wait"] + bd["batch_formation"], stage_means["queue_wait"]),
-                      "compute": (bd["service"] - held, stage_means["compute"]),
-                      "other": (bd["postprocess"] + bd["overhead"] - handoff + held, stage_means["other"])}
+            stages = {k: (p, stage_means[k]) for k, p in predicted_stages(sim, base, handoff).items()}
             cell = Cell(b, d, load, rate, predicted, measured)
             cell.errors_pct = {k: _err(predicted[k], measured[k]) for k in
                                ("p50", "p95", "p99", "throughput", "mean_batch_size")}
@@ -870,6 +865,17 @@ def mean_host(hosts: list[dict | None]) -> dict | None:
                                                     "compute_ratio_alone", "after_idle", "idle_slowdown",
                                                     "after_idle_fit", "overlap_strength", "own_cv",
                                                     "decode_speed", "speed_swings", "speed_swings_fit")}
+
+
+def predicted_stages(sim, sc, handoff_ms: float = 0.0) -> dict[str, float | None]:
+    """The simulation's mean per stage, counted where the server counts it: the hand-off from the
+    decode thread in pre-processing, the batch overhead in ``other``. None for every stage of an
+    unstable prediction: its queue grows with the run's length, and a mean of it is no latency."""
+    bd, held = sim.breakdown_ms, sc.service.batch_overhead_ms
+    out = {"preprocess": bd["preprocess"] + handoff_ms, "decode": decode_ms(sim, sc),
+           "queue_wait": bd["queue_wait"] + bd["batch_formation"], "compute": bd["service"] - held,
+           "other": bd["postprocess"] + bd["overhead"] - handoff_ms + held}
+    return out if sim.stable else {k: None for k in out}
 
 
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
