@@ -648,7 +648,8 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
              corun_seconds: float = 3.0, closing_calibration: bool = True, after_idle: bool = True,
              overlap_fit: bool = False, speed_swings: bool = False) -> Validation:
     """Predicted vs measured for every config and load; with ``repeat`` > 1 each cell is measured
-    that many times (seeds differ) and compared by the median, with the runs' spread as its noise."""
+    that many times (seeds differ) and compared by the median, with the spread of the runs' errors
+    (each against its own arrival schedule's prediction) as its noise."""
     from capsim.profile import load_profile
     from capsim.simulate import simulate
     from capsim.plan import with_rate
@@ -878,6 +879,9 @@ def predicted_stages(sim, sc, handoff_ms: float = 0.0) -> dict[str, float | None
     return out if sim.stable else {k: None for k in out}
 
 
+QUANTILES = ("p50", "p95", "p99")
+
+
 def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None = None) -> dict:
     """The p50/p95/p99 that the measurement itself would give: each run's own arrival schedule (the
     load generator's, from its seed) simulated from an idle server for ``duration`` seconds, its
@@ -911,9 +915,6 @@ def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None 
         out["per_run"] = [dict(zip(QUANTILES, (float(x) for x in v))) for v in per_run]
     out["chance_errors_pct"] = chance_errors(by_run)
     return out
-
-
-QUANTILES = ("p50", "p95", "p99")
 
 
 def chance_errors(by_run: list[np.ndarray]) -> dict[str, list[float]] | None:
