@@ -231,10 +231,11 @@ def test_camera_validation_with_the_latest_frame_decode_line(tiny_profile):
     assert v.settings["decode_latest"] is True
     assert c.predicted["stable"]  # the decode line sheds the overload instead of piling it up
     # how much it sheds follows the decode's speed on this machine at that moment: 0.36 predicted and
-    # 0.48 measured on a quiet VM, 0.80 in one CI run; a line that piled up would drop nothing and
-    # grow its tail without bound
+    # 0.48 measured on a quiet VM, 0.80 in one CI run and 0.18 predicted in another (a decode of
+    # about 3.4 ms there: 1 - 294 / 360); a line that piled up would drop nothing and grow its tail
+    # without bound
     for side in (c.predicted, c.measured):
-        assert 0.2 < side["drop_rate"] < 0.9 and side["p95"] < 200
+        assert 0.05 < side["drop_rate"] < 0.9 and side["p95"] < 200
 
 
 def test_repeated_cells_report_their_own_noise(tiny_profile):
