@@ -40,6 +40,12 @@ def mean_extra(extra_ms: float, tau_ms: float, rate_rps: float, service_ms: floa
 MIN_IDLE_MS = 1.0   # a batch formed within 1 ms of the last one letting go followed it back to back
 
 
+def batch_start_ms(row: dict) -> float:
+    """When a completed request's batch started (ms on the load generator's clock): its send time
+    plus its pre-processing and queue wait (the timing headers; the upload is left out)."""
+    return row["sent_s"] * 1000.0 + row[P.H_PREPROCESS] + row[P.H_QUEUE_WAIT]
+
+
 def idle_gaps(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(the idle time before each batch, its compute time), in ms, from the completed rows of one
     load run against a B=1 server, instance by instance. A request's batch starts at its send time
@@ -55,7 +61,7 @@ def idle_gaps(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     for ok in by_instance.values():
         if len(ok) < 2:
             continue
-        start = np.array([r["sent_s"] * 1000.0 + r[P.H_PREPROCESS] + r[P.H_QUEUE_WAIT] for r in ok])
+        start = np.array([batch_start_ms(r) for r in ok])
         compute = np.array([r[P.H_COMPUTE] for r in ok])
         end = start + compute + np.array([r.get(P.H_BATCH_OVERHEAD) or 0.0 for r in ok])
         order = np.argsort(start, kind="stable")

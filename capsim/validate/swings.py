@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from capsim.validate import protocol as P
+from capsim.validate.idle import batch_start_ms
 
 WINDOW_S = 1.0          # the unit the drift diagnostic reads a run's speed in
 MIN_BATCHES = 3         # a window with fewer batches says little about its speed
@@ -31,10 +32,9 @@ MAX_CORRELATION = 0.95  # a series of a few dozen windows cannot tell 0.95 from 
 
 def batch_series(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(each batch's start in ms, its compute time in ms), in start order, from one load run's
-    completed rows against a B=1 server (one batch per request): the send time plus the
-    pre-processing and the queue wait (as :func:`capsim.validate.idle.idle_gaps` reads them)."""
+    completed rows against a B=1 server (one batch per request; :func:`capsim.validate.idle.batch_start_ms`)."""
     ok = [r for r in rows if r["outcome"] == "ok" and r.get(P.H_COMPUTE) is not None]
-    start = np.array([r["sent_s"] * 1000.0 + r[P.H_PREPROCESS] + r[P.H_QUEUE_WAIT] for r in ok])
+    start = np.array([batch_start_ms(r) for r in ok])
     compute = np.array([r[P.H_COMPUTE] for r in ok], dtype=float)
     order = np.argsort(start, kind="stable")
     return start[order], compute[order]

@@ -460,28 +460,32 @@ def b1_simulation(profile: str, overhead: dict, host: dict, instances: int, prep
     return simulate(sc), sc
 
 
-def b1_service_times(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
-                     seed: int, requests: int = 8000) -> np.ndarray:
-    """The batch times (ms) the simulation gives a B=1 server at the batch-1 calibration's rate."""
+def _b1_batches(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
+                seed: int, requests: int = 8000) -> tuple[np.ndarray, np.ndarray]:
+    """(each batch's start ms, its time ms) in start order, of the simulated B=1 server at the
+    batch-1 calibration's rate; the time is the model's run, as the server times it: without the
+    batch overhead."""
     sim = b1_simulation(profile, overhead, host, instances, preprocess_workers, seed, requests)[0]
-    t = sim.traces[0]
-    keep = t.completed & ~t.warmup
-    # the model's run, as the server times it: without the batch overhead
-    return (t.end - t.start)[keep] * 1000.0 - sim.scenario.service.batch_overhead_ms
-
-
-def b1_batch_series(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
-                    seed: int, requests: int = 8000) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The simulated B=1 server at the batch-1 calibration's rate, without speed swings, as one run
-    of (batch start ms, compute ms) in start order (:func:`capsim.validate.swings.fit`'s baseline)."""
-    steady = {k: v for k, v in host.items() if k != "speed_swings"}
-    sim = b1_simulation(profile, overhead, steady, instances, preprocess_workers, seed, requests)[0]
     t = sim.traces[0]
     keep = t.completed & ~t.warmup
     start = t.start[keep] * 1000.0
     order = np.argsort(start, kind="stable")
     compute = (t.end - t.start)[keep] * 1000.0 - sim.scenario.service.batch_overhead_ms
-    return [(start[order], compute[order])]
+    return start[order], compute[order]
+
+
+def b1_service_times(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
+                     seed: int, requests: int = 8000) -> np.ndarray:
+    """The batch times (ms) the simulation gives a B=1 server at the batch-1 calibration's rate."""
+    return _b1_batches(profile, overhead, host, instances, preprocess_workers, seed, requests)[1]
+
+
+def b1_batch_series(profile: str, overhead: dict, host: dict, instances: int, preprocess_workers: int,
+                    seed: int, requests: int = 8000) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The simulated B=1 server at the batch-1 calibration's rate, without speed swings, as one run
+    of (batch start ms, compute ms) (:func:`capsim.validate.swings.fit`'s baseline)."""
+    steady = {k: v for k, v in host.items() if k != "speed_swings"}
+    return [_b1_batches(profile, overhead, steady, instances, preprocess_workers, seed, requests)]
 
 
 def share_cores(host: dict, overhead: dict, threads: int | None, instances: int, cores: int | None = None,
