@@ -861,11 +861,18 @@ def _stage_spread_problems(sc) -> list[str]:
         if pre.ms <= 0:
             out.append(f"service.preprocess.cv: spreads service.preprocess.ms, which is {_num(pre.ms)}; "
                        "set ms or remove cv")
-        for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
-                           ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
-            if used:
-                out.append(f"service.preprocess.cv: not modelled with {name}; remove one of the two")
+        out += _refused_beside_own_times(sc, "service.preprocess.cv")
     return out
+
+
+def _refused_beside_own_times(sc, field_name: str) -> list[str]:
+    """``field_name`` draws or scales each request's own stage times, which the latest-frame decode
+    line, the network stage and closed loops do not carry: one line for each of them in use."""
+    return [f"{field_name}: not modelled with {name}; remove one of the two"
+            for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest),
+                               ("network", sc.network is not None),
+                               ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed"))
+            if used]
 
 
 def _slow_spells_problems(sc) -> list[str]:
@@ -876,10 +883,7 @@ def _slow_spells_problems(sc) -> list[str]:
     if sp.length_ms / 1000.0 >= sp.every_s:
         out.append(f"service.slow_spells.length_ms: a spell of {_num(sp.length_ms)} ms must be shorter than the "
                    f"time between spells (every_s {_num(sp.every_s)}); shorten it or space them out")
-    for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
-                       ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
-        if used:
-            out.append(f"service.slow_spells: not modelled with {name}; remove one of the two")
+    out += _refused_beside_own_times(sc, "service.slow_spells")
     return out
 
 
@@ -889,10 +893,7 @@ def _speed_swings_problems(sc) -> list[str]:
     out = []
     if sc.service.slow_spells.every_s:
         out.append("service.speed_swings: not modelled with service.slow_spells; remove one of the two")
-    for name, used in (("queue.preprocess_latest", sc.queue.preprocess_latest), ("network", sc.network is not None),
-                       ("closed-loop clients (arrivals.process closed)", sc.arrivals.process == "closed")):
-        if used:
-            out.append(f"service.speed_swings: not modelled with {name}; remove one of the two")
+    out += _refused_beside_own_times(sc, "service.speed_swings")
     return out
 
 
