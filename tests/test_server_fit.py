@@ -223,3 +223,35 @@ def test_the_fitted_decode_takes_in_the_simulation_what_the_server_measured():
     assert sc.service.cpu_sharing.overlap.preprocess_speed == host["sharing"]["overlap"][
         "preprocess_speed"]   # the cells run with it
     assert not sc.service.cpu_sharing.overlap.preprocess_speed_by_batch
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 0.75, 1.0])
+def test_a_set_strength_scales_the_speeds_and_takes_the_ratio_again(strength):
+    # measured as the model says at this strength: the set share gives back the speed alone
+    from capsim.validate.server_fit import set_strength
+
+    def measured(s: float) -> dict:
+        h = host_measuring(s, alone=1.1)
+        h["compute_ratio_alone"] = h["compute_ratio"] / h["calibration_slowdown"]   # as share_cores takes it
+        return h
+
+    host = measured(strength)
+    set_strength(host, OVERHEAD, strength)
+    assert host["overlap_strength"] == strength and host["overlap_strength_given"]
+    assert host["sharing"]["overlap"]["model_speed"] == {
+        1: pytest.approx(scaled_speed(0.44, strength), abs=1e-4), 8: pytest.approx(scaled_speed(0.5, strength), abs=1e-4)}
+    assert host["calibration_slowdown"] == pytest.approx(slowdown(host, OVERHEAD, strength, HEAVY, 30.0), rel=1e-9)
+    assert host["compute_ratio_alone"] == pytest.approx(1.1, rel=1e-3)   # speeds rounded to 4 places
+    assert host["corun"]["model_speed"] == CORUN["model_speed"]
+    # a weaker overlap leaves more of the measured time to the model itself
+    weak = measured(1.0)
+    set_strength(weak, OVERHEAD, 0.5)
+    assert weak["compute_ratio_alone"] > 1.1
+
+
+def test_a_set_strength_without_a_co_run_changes_nothing():
+    from capsim.validate.server_fit import set_strength
+
+    plain = {"compute_ratio": 1.2, "calibration_slowdown": 1.1}
+    set_strength(plain, OVERHEAD, 0.5)
+    assert plain == {"compute_ratio": 1.2, "calibration_slowdown": 1.1}

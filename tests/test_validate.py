@@ -34,9 +34,22 @@ def tiny_profile(tmp_path_factory):
 
 
 def test_short_validation_on_the_tiny_model(tiny_profile, tmp_path):
+    said = []
     v = validate("tiny_cnn", "onnxruntime", tiny_profile, [(1, 0.0), (8, 20.0)], [0.2, 0.4], duration=3.0,
-                 overhead_duration=3.0, corun_seconds=0.6, overlap_fit=True)
+                 overhead_duration=3.0, corun_seconds=0.6, overlap_fit=True, progress=said.append)
     assert len(v.cells) == 4
+    # the second config's loads are fractions of the capacity the two calibrations so far predict,
+    # not the opening one's alone
+    from capsim.validate.validate import capacity, scenario_for
+
+    (line,) = [m for m in said if m.startswith("B=8 D=20 ms: predicted capacity")]
+    assert "(the mean of the 2 calibrations so far)" in line
+    cap = float(line.split("predicted capacity ")[1].split(" rps")[0])
+    b8 = [c for c in v.cells if c.max_batch_size == 8]
+    assert all(c.rate_rps / c.load == pytest.approx(cap, abs=0.051) for c in b8)
+    o = v.overhead["opening"]
+    alone = capacity(scenario_for(tiny_profile, o, 8, 20.0, 1, 1, 1.0, 1, o["host"]))
+    assert b8[0].rate_rps / b8[0].load != pytest.approx(alone, rel=1e-9)
     assert v.overhead["preprocess_ms"] > 0 and math.isfinite(v.overhead["overhead_ms"])
     host = v.overhead["host"]  # the in-server calibration measured batch 1 and full batches of 8
     assert host["bmax"] == 8 and host["compute_ratio_bmax"] > 0 and math.isfinite(host["compute_ratio_bmax"])
@@ -242,7 +255,7 @@ def test_repeated_cells_report_their_own_noise(tiny_profile):
     from capsim.validate.validate import table
 
     v = validate("tiny_cnn", "onnxruntime", tiny_profile, [(4, 5.0)], [0.3], duration=2.0, overhead_duration=2.0,
-                 repeat=3)
+                 repeat=3, overlap_strength=0.75)
     (c,) = v.cells
     assert c.measured["runs"] == 3 and v.settings["repeat"] == 3
     for k in ("p50", "p95", "p99"):
@@ -254,6 +267,14 @@ def test_repeated_cells_report_their_own_noise(tiny_profile):
     assert v.median_noise("p95") == c.noise_pct["p95"]
     text = table(v)
     assert "p95 noise%" in text and "the measurement's own noise" in text and "its own arrival schedule" in text
+    # a batch pays the set share of the co-run's overlap slowdown (--overlap-strength)
+    from capsim.validate.server_fit import scaled_speed
+
+    host = v.overhead["host"]
+    assert host["overlap_strength"] == 0.75 and v.settings["overlap_fit"] is False
+    assert host["sharing"]["overlap"]["model_speed"][4] == pytest.approx(
+        scaled_speed(host["corun"]["model_speed"][4], 0.75), abs=1e-4)
+    assert "(a set share, --overlap-strength)" in text
     from capsim import charts
 
     fig = charts.predicted_vs_measured([c.to_dict()])  # the runs' range as a bar around the median
@@ -267,6 +288,8 @@ def test_repeated_cells_report_their_own_noise(tiny_profile):
     (["--repeat", "0"], "--repeat"),
     (["--repeat", "2", "--streams", "2x10fps"], "--repeat"),
     (["--out", "no-such-folder/validation.json"], "--out: folder no-such-folder does not exist"),  # before the runs
+    (["--overlap-strength", "1.5"], "--overlap-strength: a share of the co-run's slowdown between 0 and 1"),
+    (["--overlap-strength", "0.5", "--overlap-fit"], "--overlap-strength: applies"),
 ])
 def test_cli_refuses_bad_repeats(tiny_profile, argv, field):
     r = subprocess.run([sys.executable, "-m", "capsim.cli", "validate", "--model", "tiny_cnn", "--profile",

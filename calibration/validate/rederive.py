@@ -13,9 +13,9 @@ from capsim.validate.validate import (TARGET_MAX_LOAD, _err, account_idle, b1_se
                                       bracket_host, decode_ms, scenario_for, share_cores, window_percentiles)
 
 
-def derive(record: dict, fit_strength: bool = False, fit_decode: bool = False) -> dict:
+def derive(record: dict, fit_strength: bool = False, fit_decode: bool = False, strength: float | None = None) -> dict:
     """CPU sharing (with the record's co-run), the after-idle extra, optionally the overlap strength
-    and the decode's speed in the server, and the model's own spread."""
+    (fitted, or a given ``strength``) and the decode's speed in the server, and the model's own spread."""
     ov, st = record["overhead"], record["settings"]
     raw = record["overhead"]["host"]
     host = bracket_host(raw, None)
@@ -28,8 +28,12 @@ def derive(record: dict, fit_strength: bool = False, fit_decode: bool = False) -
     else:                      # the quiet process's fit, as recorded
         account_idle(host, raw.get("after_idle"))
     args, rest = (record["profile"], ov), (st["instances"], st["preprocess_workers"], st["seed"])
+    if strength is None and st.get("overlap_fit") is False:   # a set share the record was predicted with
+        strength = st.get("overlap_strength")                   # (records before 2026-11-28: the co-run as measured)
     if fit_strength:
         server_fit.fit(host, ov)
+    elif strength is not None and strength != 1.0:
+        server_fit.set_strength(host, ov, strength)
     if fit_decode:
         server_fit.fit_decode_speed(host, ov, lambda h: decode_ms(*b1_simulation(*args, h, *rest)))
     server_fit.fit_spread(host, lambda h: b1_service_times(*args, h, *rest))

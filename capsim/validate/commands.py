@@ -282,10 +282,12 @@ def add_validate_parser(sub) -> None:
                    help="predict without the extra time a batch takes after its instance sat idle (by "
                         "default batch 1 is also timed in the server at a light rate, and the extra is fitted "
                         "to each batch's idle time before it: service.after_idle)")
+    v.add_argument("--overlap-strength", type=float, default=None, metavar="S",
+                   help="the share of the co-run's overlap slowdown (its extra time) a batch pays in the server, "
+                        "0-1 (default 1: the co-run as measured; 0 = no overlap slowdown)")
     v.add_argument("--overlap-fit", action="store_true",
                    help="fit, from batch 1's compute times in the server at a light and a heavier rate, the "
-                        "share of the co-run's slowdown a batch pays there (by default the co-run's speeds are "
-                        "used as measured)")
+                        "share of the co-run's slowdown a batch pays there (instead of --overlap-strength)")
     v.add_argument("--speed-swings", action="store_true",
                    help="predict with the machine's speed swinging from second to second as the batch-1 "
                         "calibration runs measured it (service.speed_swings; by default it is measured and "

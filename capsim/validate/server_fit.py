@@ -118,6 +118,21 @@ def fit(host: dict, overhead: dict) -> None:
     host["compute_ratio_alone"] = math.sqrt(host["compute_ratio"] / k_hi * host["compute_ratio_light"] / k_lo)
 
 
+def set_strength(host: dict, overhead: dict, strength: float) -> None:
+    """Scale the co-run's model speeds in ``host['sharing']['overlap']`` by a given overlap
+    ``strength`` (not fitted), with the batch-1 ratio's sharing slowdown taken again at it; the
+    after-idle share already taken out stays out. Without a co-run ``host`` is left as it is."""
+    ov = (host.get("sharing") or {}).get("overlap")
+    if not ov or "corun" not in host:
+        return
+    k_old = host["calibration_slowdown"]
+    host["overlap_strength"], host["overlap_strength_given"] = strength, True
+    ov["model_speed"] = {int(b): round(scaled_speed(v, strength), 4) for b, v in host["corun"]["model_speed"].items()}
+    k_new = sharing_slowdown(host, overhead, strength, host["rate_rps"])
+    host["compute_ratio_alone"] *= k_old / k_new
+    host["calibration_slowdown"] = k_new
+
+
 def fit_decode_speed(host: dict, overhead: dict, simulated_decode_ms) -> None:
     """Set the overlap's decode speed beside a batch in ``host['sharing']`` (and
     ``host['decode_speed']``) to the one, for every batch size, that makes
