@@ -588,9 +588,9 @@ def _sharing_text(host: dict) -> str:
             text += (f"; in the server the decode beside a batch runs at x{host['decode_speed']:.2f} (fitted so that "
                      f"it takes {host['decode_ms']:.2f} ms there, as measured)")
         if host.get("overlap_strength_given"):
+            b1 = log_interp({int(b): v for b, v in o["model_speed"].items()}, 1)
             text += (f"; in the server a batch pays {host['overlap_strength']:.2f} of that slowdown (a set share, "
-                     f"--overlap-strength): at b1 x{log_interp({int(b): v for b, v in o['model_speed'].items()}, 1):.2f} "
-                     "beside the decode")
+                     f"--overlap-strength): at b1 x{b1:.2f} beside the decode")
         elif host.get("overlap_strength") is not None:
             text += (f"; in the server a batch pays {host['overlap_strength']:.2f} of that slowdown (batch 1 at "
                      f"{host['rate_light_rps']:.1f} rps x{host['compute_ratio_light']:.2f} the profile, at "
@@ -895,8 +895,8 @@ def mean_host(hosts: list[dict | None]) -> dict | None:
         return None
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
                                                     "compute_ratio_alone", "after_idle", "idle_slowdown",
-                                                    "after_idle_fit", "overlap_strength", "overlap_strength_given", "own_cv",
-                                                    "decode_speed", "speed_swings", "speed_swings_fit")}
+                                                    "after_idle_fit", "overlap_strength", "overlap_strength_given",
+                                                    "own_cv", "decode_speed", "speed_swings", "speed_swings_fit")}
 
 
 def predicted_stages(sim, sc, handoff_ms: float = 0.0) -> dict[str, float | None]:
