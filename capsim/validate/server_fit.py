@@ -112,8 +112,7 @@ def fit(host: dict, overhead: dict) -> None:
             a, b = (m, b) if gap(m) < 0.0 else (a, m)
         s = (a + b) / 2.0
     k_hi, k_lo = slowdown(host, overhead, s, *hi), slowdown(host, overhead, s, *lo)
-    host["overlap_strength"] = s
-    ov["model_speed"] = {int(b): round(scaled_speed(v, s), 4) for b, v in host["corun"]["model_speed"].items()}
+    _scale_speeds(host, s)
     host["calibration_slowdown"] = sharing_slowdown(host, overhead, s, host["rate_rps"])  # as share_cores reports it
     host["compute_ratio_alone"] = math.sqrt(host["compute_ratio"] / k_hi * host["compute_ratio_light"] / k_lo)
 
@@ -126,11 +125,18 @@ def set_strength(host: dict, overhead: dict, strength: float) -> None:
     if not ov or "corun" not in host:
         return
     k_old = host["calibration_slowdown"]
-    host["overlap_strength"], host["overlap_strength_given"] = strength, True
-    ov["model_speed"] = {int(b): round(scaled_speed(v, strength), 4) for b, v in host["corun"]["model_speed"].items()}
+    _scale_speeds(host, strength)
+    host["overlap_strength_given"] = True
     k_new = sharing_slowdown(host, overhead, strength, host["rate_rps"])
     host["compute_ratio_alone"] *= k_old / k_new
     host["calibration_slowdown"] = k_new
+
+
+def _scale_speeds(host: dict, strength: float) -> None:
+    """``host['overlap_strength']`` and the overlap's model speeds: the co-run's at that strength."""
+    host["overlap_strength"] = strength
+    host["sharing"]["overlap"]["model_speed"] = {int(b): round(scaled_speed(v, strength), 4)
+                                                 for b, v in host["corun"]["model_speed"].items()}
 
 
 def fit_decode_speed(host: dict, overhead: dict, simulated_decode_ms) -> None:
