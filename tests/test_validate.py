@@ -267,6 +267,17 @@ def test_repeated_cells_report_their_own_noise(tiny_profile):
     assert v.median_noise("p95") == c.noise_pct["p95"]
     text = table(v)
     assert "p95 noise%" in text and "the measurement's own noise" in text and "its own arrival schedule" in text
+    # the machine floor: the runs' own speeds spread no more than their model speeds (their batches'
+    # own spread taken out), the two calibrations' error is read, one error per draw
+    from capsim.validate.validate import WINDOW_DRAWS
+
+    speeds = np.log([r["model_speed"] for r in c.measured["per_run"]])
+    assert 0.0 <= v.machine["run_sd"] <= np.std(speeds, ddof=1) + 1e-9
+    assert v.machine["calibrations"] == 2 and set(v.machine["calibration_se"]) <= {"1", "4"}
+    assert all(len(c.machine_pct[q]) == WINDOW_DRAWS for q in ("p50", "p95", "p99"))
+    assert v.machine_floor("p95")["low"] <= v.machine_floor("p95")["median"] <= v.machine_floor("p95")["high"]
+    assert "with the machine's speed counted too" in text
+    assert v.to_dict()["median_machine_pct"]["p95"] == v.machine_floor("p95")
     # a batch pays the set share of the co-run's overlap slowdown (--overlap-strength)
     from capsim.validate.server_fit import scaled_speed
 

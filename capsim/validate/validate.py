@@ -32,7 +32,7 @@ from capsim.config import SlowSpells, parse_scenario
 from capsim.errors import CapsimError
 from capsim.host_cpu import log_interp
 from capsim.sim import spells
-from capsim.validate import drift, event_loop, idle, swings
+from capsim.validate import drift, event_loop, idle, machine_floor, swings
 from capsim.validate import server_fit
 from capsim.validate import protocol as P
 
@@ -179,12 +179,14 @@ class Cell:
     noise_pct: dict = field(default_factory=dict)  # percentile -> half the range of the runs' errors, points (None: one run)
     stages_p95: dict = field(default_factory=dict)  # stage -> (predicted p95 ms, measured p95 ms, error %)
     chance_pct: dict = field(default_factory=dict)  # percentile -> an exactly right model's error, one per draw
+    machine_pct: dict = field(default_factory=dict)  # the same with the machine's speed moving (machine_floor)
 
     def to_dict(self) -> dict:
         return {"max_batch_size": self.max_batch_size, "max_queue_delay_ms": self.max_queue_delay_ms,
                 "load": self.load, "rate_rps": self.rate_rps, "predicted": self.predicted, "measured": self.measured,
                 "errors_pct": self.errors_pct, "stages": self.stages, "noise_pct": self.noise_pct,
-                "stages_p95": self.stages_p95, "chance_errors_pct": self.chance_pct}
+                "stages_p95": self.stages_p95, "chance_errors_pct": self.chance_pct,
+                "machine_errors_pct": self.machine_pct}
 
 
 def _err(pred, meas) -> float | None:
@@ -201,6 +203,7 @@ class Validation:
     cells: list[Cell]
     generator_cpu_percent: list[float]
     settings: dict
+    machine: dict = field(default_factory=dict)   # the machine floor's inputs: run_sd, calibration_se
 
     def median_abs_error(self, key: str, max_load: float = TARGET_MAX_LOAD) -> float | None:
         errs = [abs(c.errors_pct[key]) for c in self.cells if c.load <= max_load + 1e-9
@@ -219,7 +222,17 @@ class Validation:
         """The median |error| an exactly right model would show over the same cells from the runs'
         length alone (:func:`chance_errors`): one figure per draw; their median and range. None
         without the draws (long-run predictions, streams)."""
-        lists = [c.chance_pct[key] for c in self.cells if c.load <= max_load + 1e-9 and c.chance_pct.get(key)]
+        return self._floor([c.chance_pct.get(key) for c in self.cells if c.load <= max_load + 1e-9])
+
+    def machine_floor(self, key: str, max_load: float = TARGET_MAX_LOAD) -> dict | None:
+        """:meth:`chance_floor` with the machine's speed counted too (:mod:`capsim.validate.machine_floor`):
+        each run at its own speed and the calibrations' mean off by its own error. None without
+        repeated runs (``repeat`` >= 2) or an in-server calibration."""
+        return self._floor([c.machine_pct.get(key) for c in self.cells if c.load <= max_load + 1e-9])
+
+    def _floor(self, lists: list) -> dict | None:
+        """Per draw the median over the cells of |error|; the median of that over the draws, its range."""
+        lists = [x for x in lists if x]
         if not lists or len({len(x) for x in lists}) != 1:
             return None
         floors = np.median(np.abs(np.array(lists)), axis=0)   # over the cells, per draw
@@ -233,6 +246,8 @@ class Validation:
                                          ("p50", "p95", "p99", "throughput", *GIVEN_SPEED_KEYS)},
                 "median_noise_pct": {k: self.median_noise(k) for k in ("p50", "p95", "p99")},
                 "median_chance_pct": {k: self.chance_floor(k) for k in ("p50", "p95", "p99")},
+                "median_machine_pct": {k: self.machine_floor(k) for k in ("p50", "p95", "p99")},
+                "machine": self.machine,
                 "target": {"median_abs_error_pct": TARGET_ERROR_PCT, "loads_up_to": TARGET_MAX_LOAD},
                 "generator_cpu_percent": self.generator_cpu_percent}
 
@@ -794,7 +809,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
     # the loaded hand-off from the decode thread is in the scenario's overhead; the server counts
     # it in pre-processing (X-Preprocess-Ms), so the per-stage comparison moves it there
     handoff = (event_loop.overhead_stage(host) or {}).get("handoff_ms", 0.0)
-    cells = []
+    cells, floor_cells = [], []
     for b, d in configs:
         base = scenario_for(profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host)
         for load in loads:
@@ -806,11 +821,12 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             predicted = {"p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"],
                          "p99": r["latency_ms"]["p99"], "throughput": r["throughput_rps"] if sim.stable else None,
                          "mean_batch_size": request_batch_size(sim.batch_size_histogram), "stable": sim.stable}
-            chance = None
+            chance = draws_by_run = None
             if windows and sim.stable:  # compare like with like; overload stays reported as unstable
                 predicted["steady_state"] = {k: predicted[k] for k in ("p50", "p95", "p99")}
                 predicted.update(window_percentiles(sc, duration, [seed + rep for rep in range(repeat)]))
                 chance = predicted.pop("chance_errors_pct", None)
+                draws_by_run = predicted.pop("draws_by_run", None)
                 run_preds = predicted.get("per_run")
                 if run_preds and len(run_preds) > 1:
                     noise = run_error_noise(run_preds, measured_runs[b, d][load]) or noise
@@ -835,6 +851,12 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
             cell.noise_pct = noise
             cell.chance_pct = chance or {}
             cells.append(cell)
+            floor_cells.append((cell, draws_by_run, runs, drift.curve_of(base),
+                                lambda k, b=b, d=d, rate=rate: with_rate(scenario_for(
+                                    profile, overhead, b, d, instances, preprocess_workers, 1.0, seed, host,
+                                    speed=k), rate)))
+    calibrations = [opening, *between, *([closing] if closing is not None else [])]
+    machine = _machine_floor(floor_cells, calibrations, duration, seed) if host is not None else {}
     over = {**overhead, "host": host}
     if closing is not None:
         over.update(opening=opening, between=between, closing=closing)
@@ -848,7 +870,7 @@ def validate(model: str, backend: str, profile: str, configs, loads, duration: f
                        "closing_calibration": closing_calibration,
                        "overlap_strength": host.get("overlap_strength") if host else None,
                        "overlap_fit": overlap_fit,
-                       "speed_swings": bool(host and host.get("speed_swings"))})
+                       "speed_swings": bool(host and host.get("speed_swings"))}, machine)
 
 
 # What a bracketed calibration averages: times arithmetically, ratios geometrically.
@@ -859,11 +881,11 @@ _MEAN_KEYS = ("preprocess_ms", "decode_cv", "overhead_ms", "handoff_ms", "latenc
 _RATIO_KEYS = ("compute_ratio", "compute_ratio_bmax", "compute_ratio_light")
 
 
-def mean_of(calibrations: list[dict | None]) -> dict | None:
+def mean_of(calibrations: list[dict | None], center: str = "mean") -> dict | None:
     """The mean of calibrations of the same kind (opening, between the configs, closing): the
     times' arithmetic mean, the ratios' geometric mean; the batches' idle times pooled; a key that
     any of them lacks, and every other key, as the first one has it. The first alone where any is
-    None."""
+    None. ``center="median"`` takes each figure's median instead (a comparison script's choice)."""
     if not calibrations or any(c is None for c in calibrations):
         return calibrations[0] if calibrations else None
     out = dict(calibrations[0])
@@ -874,7 +896,10 @@ def mean_of(calibrations: list[dict | None]) -> dict | None:
     for k in _MEAN_KEYS + _RATIO_KEYS:
         vals = [c.get(k) for c in calibrations]
         if all(v is not None for v in vals):
-            out[k] = float(np.mean(vals)) if k in _MEAN_KEYS else float(np.exp(np.mean(np.log(vals))))
+            if center == "median":
+                out[k] = float(np.median(vals))
+            else:
+                out[k] = float(np.mean(vals)) if k in _MEAN_KEYS else float(np.exp(np.mean(np.log(vals))))
     return out  # a ratio a later run lacks (no full batches measured) keeps the opening's
 
 
@@ -888,9 +913,9 @@ def bracket_host(a: dict | None, b: dict | None) -> dict | None:
     return mean_host([a] if b is None else [a, b])
 
 
-def mean_host(hosts: list[dict | None]) -> dict | None:
+def mean_host(hosts: list[dict | None], center: str = "mean") -> dict | None:
     """:func:`mean_of` in-server calibrations, without what :func:`share_cores` derives."""
-    m = mean_of(hosts)
+    m = mean_of(hosts, center)
     if m is None:
         return None
     return {k: v for k, v in m.items() if k not in ("sharing", "corun", "calibration_slowdown",
@@ -932,12 +957,8 @@ def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None 
     for s in seeds:
         arr = schedule(Arrivals(process="poisson", rate_rps=sc.arrivals.rate_rps), duration, s)
         skip = int(len(arr) * WARMUP_FRACTION)
-        vals = []
-        for k in range(draws):
-            lat = engine.run(arr, np.random.default_rng([s, k])).latency_ms[skip:]
-            lat = lat[np.isfinite(lat)]
-            vals.append(np.percentile(lat, [50, 95, 99]) if len(lat) else np.full(3, np.nan))
-        by_run.append(np.array(vals))
+        by_run.append(np.array([_run_percentiles(engine, arr, skip, np.random.default_rng([s, k]))
+                                for k in range(draws)]))
     per_run = [np.nanmedian(v, axis=0) for v in by_run if np.isfinite(v).any()]
     if not per_run:
         return {}
@@ -945,7 +966,27 @@ def window_percentiles(sc, duration: float, seeds: list[int], draws: int | None 
     if len(per_run) == len(seeds):   # run by run, for the runs' own errors
         out["per_run"] = [dict(zip(QUANTILES, (float(x) for x in v))) for v in per_run]
     out["chance_errors_pct"] = chance_errors(by_run)
+    out["draws_by_run"] = np.array(by_run)   # for the machine floor; the caller takes it out
     return out
+
+
+def window_run(sc, duration: float, seed: int, draw: int) -> np.ndarray:
+    """One measured run as :func:`window_percentiles` simulates it (the run's arrival schedule from
+    ``seed``, service draw ``draw``): its p50/p95/p99."""
+    from capsim.config import Arrivals
+    from capsim.simulate import make_engine
+    from capsim.validate.load import schedule
+
+    arr = schedule(Arrivals(process="poisson", rate_rps=sc.arrivals.rate_rps), duration, seed)
+    return _run_percentiles(make_engine(sc), arr, int(len(arr) * WARMUP_FRACTION),
+                            np.random.default_rng([seed, draw]))
+
+
+def _run_percentiles(engine, arrivals, skip: int, rng) -> np.ndarray:
+    """p50/p95/p99 of one simulated run, its first ``skip`` requests dropped (NaN if none finished)."""
+    lat = engine.run(arrivals, rng).latency_ms[skip:]
+    lat = lat[np.isfinite(lat)]
+    return np.percentile(lat, [50, 95, 99]) if len(lat) else np.full(3, np.nan)
 
 
 def chance_errors(by_run: list[np.ndarray]) -> dict[str, list[float]] | None:
@@ -957,15 +998,7 @@ def chance_errors(by_run: list[np.ndarray]) -> dict[str, list[float]] | None:
     draws, then over runs): the error is then only what a finite run leaves to chance. None with
     fewer than 3 draws."""
     arr = np.array(by_run)   # (runs, draws, 3)
-    if arr.ndim != 3 or arr.shape[1] < 3 or not np.isfinite(arr).all():
-        return None
-    out = {q: [] for q in QUANTILES}
-    for k in range(arr.shape[1]):
-        measured = np.median(arr[:, k, :], axis=0)
-        predicted = np.median(np.median(np.delete(arr, k, axis=1), axis=1), axis=0)
-        for i, q in enumerate(QUANTILES):
-            out[q].append(float((predicted[i] - measured[i]) / measured[i] * 100.0))
-    return out
+    return machine_floor.exact_model_errors(arr, arr)
 
 
 STAGE_HEADERS = {"preprocess": P.H_PREPROCESS, "decode": P.H_DECODE, "queue_wait": P.H_QUEUE_WAIT,
@@ -1095,6 +1128,35 @@ def _given_speed(sim, base, runs: list[dict], host: dict | None, rate: float, du
         vals = [p.get(q) for p in preds]
         out[q] = float(np.median(vals)) if vals and all(v is not None for v in vals) else None
     return out
+
+
+def _machine_floor(floor_cells: list, calibrations: list[dict], duration: float, seed: int) -> dict:
+    """Sets each cell's ``machine_pct`` (:func:`machine_floor.cell_errors`) and returns the floor's
+    inputs: the machine's speed from run to run (from the repeats of each cell) and the error of the
+    calibrations' mean at batch 1 and at the largest batch. Empty without repeated runs."""
+    run_sd = machine_floor.run_spread([
+        [v for v in (machine_floor.run_log_speed(r["ok_rows"], curve) for r in runs) if v is not None]
+        for _, _, runs, curve, _ in floor_cells])
+    if run_sd is None:
+        return {}
+    hosts = [c.get("host") or {} for c in calibrations]
+    se = {1: machine_floor.calibration_error([h.get("compute_ratio_alone", h.get("compute_ratio"))
+                                              for h in hosts])}
+    bmax = hosts[0].get("bmax")
+    if bmax:
+        se[bmax] = machine_floor.calibration_error([h.get("compute_ratio_bmax") for h in hosts])
+    se = {b: v for b, v in se.items() if v is not None} or {1: 0.0}   # one calibration: its error unknown
+    rng = np.random.default_rng([seed, 2718])
+    offsets = machine_floor.calibration_offsets(se, WINDOW_DRAWS, rng)
+    for cell, draws_by_run, runs, _, scenario_at in floor_cells:
+        if draws_by_run is None or len(draws_by_run) != len(runs):
+            continue
+        errs = machine_floor.cell_errors(
+            draws_by_run, lambda r, k, speed: window_run(scenario_at(speed), duration, seed + r, k),
+            [o(cell.max_batch_size) for o in offsets], run_sd, rng)
+        cell.machine_pct = errs or {}
+    return {"run_sd": run_sd, "calibration_se": {str(b): v for b, v in se.items()},
+            "calibrations": len(calibrations)}
 
 
 def decode_ms(sim, sc) -> float:
@@ -1297,6 +1359,23 @@ def _chance_line(floor: dict | None) -> list[str]:
             + (f"; runs of about {need:g} s would bring it to {CHANCE_GOAL_PCT:g} %" if need else "")]
 
 
+def _machine_line(floor: dict | None, machine: dict, target: bool) -> list[str]:
+    if floor is None or not machine:
+        return []
+    se = machine.get("calibration_se") or {}
+    cal = ", ".join(f"±{100 * v:.1f} % at batch {b}" for b, v in se.items())
+    verdict = ""
+    if target and floor["median"] > TARGET_ERROR_PCT:
+        verdict = "; above the target: here an exactly right model would miss it more often than not"
+    elif target and floor["high"] > TARGET_ERROR_PCT:
+        verdict = "; in some draws above the target"
+    return [f"    with the machine's speed counted too, {floor['median']:.1f} % ({floor['low']:.1f}-"
+            f"{floor['high']:.1f} %): each run at its own speed (±{100 * machine['run_sd']:.1f} % from run to run, "
+            f"the spread within the cells' repeats less their batches' own)"
+            + (f" and the mean of the {machine.get('calibrations')} calibrations off by its own error ({cal})"
+               if machine.get("calibrations", 0) > 1 else "") + verdict]
+
+
 def table(v: Validation) -> str:
     """Predicted vs measured, one line per cell, then the median absolute errors."""
     def f(x, w=7, d=1):
@@ -1374,6 +1453,7 @@ def table(v: Validation) -> str:
                         if mark and noise is not None and noise > TARGET_ERROR_PCT else ""))
         if k != "throughput":
             lines.extend(_chance_line(v.chance_floor(k)))
+            lines.extend(_machine_line(v.machine_floor(k), v.machine, k in ("p50", "p95")))
     if v.generator_cpu_percent:
         lines.append(f"load generator CPU: {np.mean(v.generator_cpu_percent):.0f} % of one core on average "
                      f"(max {max(v.generator_cpu_percent):.0f} %), on the same machine as the server")
