@@ -51,6 +51,13 @@ def test_calibration_error_is_the_spread_over_the_root_of_the_count():
     assert mf.calibration_error([1.0, 1.2, 1.1]) == pytest.approx(expected)
     assert mf.calibration_error([1.3]) is None
     assert mf.calibration_error([1.3, None]) is None
+    # at batch 1 the ratio without the host's own work, at the largest batch its own ratio
+    hosts = [{"compute_ratio": 1.5, "compute_ratio_alone": 1.0, "compute_ratio_bmax": 1.2, "bmax": 8},
+             {"compute_ratio": 1.6, "compute_ratio_alone": 1.1, "compute_ratio_bmax": 1.3, "bmax": 8}]
+    se = mf.calibration_errors(hosts)
+    assert se[1] == pytest.approx(mf.calibration_error([1.0, 1.1]))
+    assert se[8] == pytest.approx(mf.calibration_error([1.2, 1.3])) and set(se) == {1, 8}
+    assert mf.calibration_errors(hosts[:1]) == {1: 0.0}
 
 
 def test_calibration_offsets_are_shared_and_interpolated_in_log_batch_size():

@@ -40,10 +40,7 @@ def floors(path: str) -> dict:
     if run_sd is None:
         return {"name": Path(path).parent.name, "run_sd": None}
     cals = [ov["opening"], *ov.get("between", []), *([ov["closing"]] if ov.get("closing") else [])]
-    hosts = [c["host"] for c in cals]
-    se = {1: mf.calibration_error([h.get("compute_ratio_alone", h.get("compute_ratio")) for h in hosts]),
-          hosts[0].get("bmax", 8): mf.calibration_error([h.get("compute_ratio_bmax") for h in hosts])}
-    se = {b: v for b, v in se.items() if v is not None} or {1: 0.0}
+    se = mf.calibration_errors([c["host"] for c in cals])
     rng = np.random.default_rng([st["seed"], 2718])
     offsets = mf.calibration_offsets(se, WINDOW_DRAWS, rng)
     seeds = [st["seed"] + r for r in range(st["repeat"])]

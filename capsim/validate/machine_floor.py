@@ -82,6 +82,17 @@ def calibration_error(ratios: list[float]) -> float | None:
     return float(np.std(np.log(vals), ddof=1) / math.sqrt(len(vals)))
 
 
+def calibration_errors(hosts: list[dict]) -> dict[int, float]:
+    """:func:`calibration_error` of in-server calibrations at batch 1 (the ratio with the host's own
+    work taken out where it is known) and at the largest batch they measured; ``{1: 0.0}`` where
+    neither can be read (a single calibration)."""
+    se = {1: calibration_error([h.get("compute_ratio_alone", h.get("compute_ratio")) for h in hosts])}
+    bmax = hosts[0].get("bmax") if hosts else None
+    if bmax:
+        se[bmax] = calibration_error([h.get("compute_ratio_bmax") for h in hosts])
+    return {b: v for b, v in se.items() if v is not None} or {1: 0.0}
+
+
 def calibration_offsets(se: dict[int, float], draws: int, rng: np.random.Generator) -> list[Callable[[int], float]]:
     """One shared offset of log speed per draw, as a function of batch size: drawn at each batch
     size ``se`` covers (batch 1, the largest) and interpolated in log batch size between them."""

@@ -1139,13 +1139,7 @@ def _machine_floor(floor_cells: list, calibrations: list[dict], duration: float,
         for _, _, runs, curve, _ in floor_cells])
     if run_sd is None:
         return {}
-    hosts = [c.get("host") or {} for c in calibrations]
-    se = {1: machine_floor.calibration_error([h.get("compute_ratio_alone", h.get("compute_ratio"))
-                                              for h in hosts])}
-    bmax = hosts[0].get("bmax")
-    if bmax:
-        se[bmax] = machine_floor.calibration_error([h.get("compute_ratio_bmax") for h in hosts])
-    se = {b: v for b, v in se.items() if v is not None} or {1: 0.0}   # one calibration: its error unknown
+    se = machine_floor.calibration_errors([c.get("host") or {} for c in calibrations])
     rng = np.random.default_rng([seed, 2718])
     offsets = machine_floor.calibration_offsets(se, WINDOW_DRAWS, rng)
     for cell, draws_by_run, runs, _, scenario_at in floor_cells:
